@@ -1,6 +1,511 @@
+/* iot-manager: command line entry point. Wires configuration, store, keys, app and HTTP API. */
+#include <errno.h>
+#include <pthread.h>
+#include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
-int main(void)
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+#include "iot-manager/api.h"
+#include "iot-manager/app.h"
+#include "iot-manager/config.h"
+#include "iot-manager/connstr.h"
+#include "iot-manager/crypto.h"
+#include "iot-manager/log.h"
+#include "iot-manager/sas.h"
+#include "iot-manager/store.h"
+
+enum exit_code { EXIT_OK = 0, EXIT_FAILURE_RUNTIME = 1, EXIT_USAGE = 2 };
+
+struct cli {
+    const char *config_path;
+    bool config_explicit;
+    const char *log_level;
+    int argc; /* subcommand arguments, argv[0] = subcommand name */
+    char **argv;
+};
+
+struct command {
+    const char *name;
+    int (*run)(struct cli *cli, struct config *cfg);
+    const char *usage;
+    const char *help;
+};
+
+static int cmd_server(struct cli *cli, struct config *cfg);
+static int cmd_migrate(struct cli *cli, struct config *cfg);
+static int cmd_version(struct cli *cli, struct config *cfg);
+static int cmd_reencrypt(struct cli *cli, struct config *cfg);
+static int cmd_sas_token(struct cli *cli, struct config *cfg);
+
+static const struct command commands[] = {
+    {"server", cmd_server, "server [--automigrate]",
+     "Serve the HTTP API (the default command). --automigrate brings an outdated database up "
+     "to date first; without it an outdated database stops start-up."},
+    {"migrate", cmd_migrate, "migrate", "Bring the database schema up to date and exit."},
+    {"version", cmd_version, "version [--output text|json]", "Print the version."},
+    {"re-encrypt", cmd_reencrypt, "re-encrypt [--from-key KEY --to-key KEY]",
+     "Re-encrypt the secrets of every integration of every tenant with the current key (or "
+     "--to-key), reading with the fallback key (or --from-key)."},
+    {"sas-token", cmd_sas_token, "sas-token --connection-string CS [--expiry UNIX_SECONDS]",
+     "Print the Authorization header value for a service or device connection string (no DNS, "
+     "no whitelist check), for debugging with curl. Default expiry: one hour from now."},
+};
+
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+static void print_help(FILE *out)
 {
-    puts("iot-manager: not wired yet");
-    return 1;
+    fprintf(
+        out,
+        "iot-manager %s: connects Mender to Azure IoT Hub (drop-in for Mender's iot-manager)\n\n"
+        "Usage: iot-manager [--config FILE] [--log-level LEVEL] [COMMAND [OPTIONS]]\n\n"
+        "Global options:\n"
+        "  --config FILE       YAML configuration file (default %s; keys as the\n"
+        "                      variables below without the prefix, lower-case; the\n"
+        "                      environment wins)\n"
+        "  --log-level LEVEL   debug, info, warn or error (default info)\n"
+        "  --help, -h          this text\n\nCommands:\n",
+        IOTM_VERSION, CONFIG_DEFAULT_FILE);
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        fprintf(out, "  %s\n      %s\n", commands[i].usage, commands[i].help);
+    fprintf(out, "\nExit codes: 0 success; 1 run-time failure (database, migration, keys);\n"
+                 "            2 usage or configuration error.\n\n");
+    config_print_help(out);
+}
+
+/* ---- shared set-up ---- */
+
+static enum iot_err ensure_parent_dir(const char *path, struct iot_error *err)
+{
+    char dir[CONFIG_STR_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir)
+        return IOT_OK;
+    *slash = '\0';
+    struct stat st;
+    if (stat(dir, &st) == 0)
+        return IOT_OK;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return iot_error_set(err, IOT_ERR_IO, "cannot create directory %s: %s", dir,
+                             strerror(errno));
+    return IOT_OK;
+}
+
+static enum iot_err open_store(const struct config *cfg, struct store **out, struct iot_error *err)
+{
+    if (cfg->mongo_url[0]) {
+        struct store_mongo_options mo = {
+            .url = cfg->mongo_url,
+            .dbname = cfg->mongo_dbname,
+            .username = cfg->mongo_username[0] ? cfg->mongo_username : NULL,
+            .password = cfg->mongo_password[0] ? cfg->mongo_password : NULL,
+            .ssl = cfg->mongo_ssl,
+            .ssl_skipverify = cfg->mongo_ssl_skipverify,
+            .timeout_ms = (int)cfg->store_timeout_ms,
+        };
+        return store_mongo_open(&mo, out, err);
+    }
+    enum iot_err rc = ensure_parent_dir(cfg->sqlite_path, err);
+    if (rc != IOT_OK)
+        return rc;
+    struct store_sqlite_options so = {.path = cfg->sqlite_path,
+                                      .busy_timeout_ms = (int)cfg->store_timeout_ms};
+    return store_sqlite_open(&so, out, err);
+}
+
+static void key_file_path(const struct config *cfg, char *out, size_t cap)
+{
+    if (cfg->aes_encryption_key_file[0])
+        snprintf(out, cap, "%s", cfg->aes_encryption_key_file);
+    else
+        snprintf(out, cap, "%s.key", cfg->sqlite_path);
+}
+
+/* Keys from the configuration; on the embedded store without a key, a generated key file. */
+static enum iot_err setup_keyring(const struct config *cfg, const char *primary_text,
+                                  const char *fallback_text, struct crypto_keyring *kr,
+                                  struct iot_error *err)
+{
+    enum iot_err rc;
+    memset(kr, 0, sizeof *kr);
+    kr->write_legacy = cfg->secrets_format == SECRETS_FORMAT_MENDER;
+    if (primary_text && *primary_text) {
+        if ((rc = crypto_key_parse(primary_text, &kr->primary, err)) != IOT_OK)
+            return rc;
+        kr->has_primary = true;
+    }
+    if (fallback_text && *fallback_text) {
+        if ((rc = crypto_key_parse(fallback_text, &kr->fallback, err)) != IOT_OK)
+            return iot_error_prefix(err, "fallback key: ");
+        kr->has_fallback = true;
+    }
+    if (cfg->mongo_url[0]) {
+        if (!kr->has_primary)
+            log_warn("WARNING: IOT_MANAGER_AES_ENCRYPTION_KEY is not set: secrets are stored in "
+                     "MongoDB WITHOUT encryption, as Mender's iot-manager does. Set a key "
+                     "(base64 of 32 random bytes) and run `iot-manager re-encrypt`.");
+        return IOT_OK;
+    }
+    char path[CONFIG_STR_MAX + 8];
+    key_file_path(cfg, path, sizeof path);
+    struct stat st;
+    bool exists = stat(path, &st) == 0;
+    if (kr->has_primary && !exists)
+        return IOT_OK;
+    struct crypto_key file_key;
+    bool created = false;
+    if ((rc = ensure_parent_dir(path, err)) != IOT_OK ||
+        (rc = crypto_keyfile_load_or_create(path, &file_key, &created, err)) != IOT_OK)
+        return rc;
+    if (created)
+        log_warn("generated a new encryption key in %s: back it up together with the database",
+                 path);
+    if (!kr->has_primary) {
+        kr->primary = file_key;
+        kr->has_primary = true;
+    } else if (!kr->has_fallback && file_key.id != kr->primary.id) {
+        /* a key was configured later: what the generated key sealed stays readable */
+        kr->fallback = file_key;
+        kr->has_fallback = true;
+    }
+    OPENSSL_cleanse(&file_key, sizeof file_key);
+    return IOT_OK;
+}
+
+/* The store may still be starting (containers): retry while it is unreachable, bounded. */
+static enum iot_err migrate_with_retry(struct store *st, enum store_migrate_mode mode,
+                                       int64_t wait_s, struct iot_error *err)
+{
+    time_t deadline = time(NULL) + wait_s;
+    for (;;) {
+        enum iot_err rc = store_migrate(st, mode, err);
+        if (rc != IOT_ERR_UNAVAILABLE || time(NULL) >= deadline)
+            return rc;
+        log_warn("database not reachable yet (%s); retrying", err->msg);
+        sleep(1);
+    }
+}
+
+/* ---- commands ---- */
+
+static int cmd_server(struct cli *cli, struct config *cfg)
+{
+    bool automigrate = false;
+    for (int i = 1; i < cli->argc; i++) {
+        if (strcmp(cli->argv[i], "--automigrate") == 0) {
+            automigrate = true;
+        } else {
+            fprintf(stderr, "server: unknown option %s\n", cli->argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    int code = EXIT_FAILURE_RUNTIME;
+    struct iot_error err = {0};
+    struct store *st = NULL;
+    struct http_server *srv = NULL;
+    struct crypto_keyring kr;
+    struct app app;
+
+    /* Block the signals before any thread starts, so only sigtimedwait() below sees them. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (setup_keyring(cfg, cfg->aes_encryption_key, cfg->aes_encryption_fallback_key, &kr, &err) !=
+        IOT_OK) {
+        log_error("%s", err.msg);
+        code = EXIT_USAGE;
+        goto out;
+    }
+    if (open_store(cfg, &st, &err) != IOT_OK) {
+        log_error("%s", err.msg);
+        goto out;
+    }
+    if (migrate_with_retry(st, automigrate ? STORE_MIGRATE_APPLY : STORE_MIGRATE_CHECK, 30, &err) !=
+        IOT_OK) {
+        log_error("%s", err.msg);
+        goto out;
+    }
+    app_init(&app, cfg, st, &kr);
+    if (api_server_start(&app, cfg, &srv, &err) != IOT_OK) {
+        log_error("%s", err.msg);
+        goto out;
+    }
+    log_info("iot-manager %s listening on %s (port %u), store: %s", IOTM_VERSION, cfg->listen,
+             (unsigned)http_server_port(srv), store_name(st));
+
+    time_t next_sweep = time(NULL);
+    for (;;) {
+        if (time(NULL) >= next_sweep) {
+            int64_t removed = 0;
+            struct iot_error sweep_err = {0};
+            if (app_events_sweep(&app, &removed, &sweep_err) != IOT_OK)
+                log_warn("expired-event sweep failed: %s", sweep_err.msg);
+            else if (removed > 0)
+                log_info("removed %lld expired events", (long long)removed);
+            next_sweep = time(NULL) + cfg->event_sweep_interval;
+        }
+        struct timespec tick = {.tv_sec = 1};
+        int sig = sigtimedwait(&sigs, NULL, &tick);
+        if (sig == SIGINT || sig == SIGTERM) {
+            log_info("received %s: finishing requests in flight",
+                     sig == SIGINT ? "SIGINT" : "SIGTERM");
+            break;
+        }
+    }
+    code = EXIT_OK;
+out:
+    http_server_stop(srv);
+    store_destroy(st);
+    OPENSSL_cleanse(&kr, sizeof kr);
+    if (code == EXIT_OK)
+        log_info("stopped");
+    return code;
+}
+
+static int cmd_migrate(struct cli *cli, struct config *cfg)
+{
+    (void)cli;
+    struct iot_error err = {0};
+    struct store *st = NULL;
+    int code = EXIT_FAILURE_RUNTIME;
+    if (open_store(cfg, &st, &err) != IOT_OK ||
+        migrate_with_retry(st, STORE_MIGRATE_APPLY, 30, &err) != IOT_OK) {
+        log_error("%s", err.msg);
+        goto out;
+    }
+    log_info("database is at version %s (%s store)", STORE_SCHEMA_VERSION, store_name(st));
+    code = EXIT_OK;
+out:
+    store_destroy(st);
+    return code;
+}
+
+static int cmd_version(struct cli *cli, struct config *cfg)
+{
+    (void)cfg;
+    const char *output = "text";
+    for (int i = 1; i < cli->argc; i++) {
+        if (strcmp(cli->argv[i], "--output") == 0 && i + 1 < cli->argc)
+            output = cli->argv[++i];
+        else if (strncmp(cli->argv[i], "--output=", 9) == 0)
+            output = cli->argv[i] + 9;
+        else {
+            fprintf(stderr, "version: unknown option %s\n", cli->argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    if (strcmp(output, "json") == 0) {
+        json_t *v =
+            json_pack("{s:s, s:s, s:s, s:s}", "version", IOTM_VERSION, "language", "C11", "schema",
+                      STORE_SCHEMA_VERSION, "curl", curl_version_info(CURLVERSION_NOW)->version);
+        char *text = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        puts(text ? text : "{}");
+        free(text);
+        json_decref(v);
+    } else if (strcmp(output, "text") == 0) {
+        printf("iot-manager %s (database schema %s)\n", IOTM_VERSION, STORE_SCHEMA_VERSION);
+    } else {
+        fprintf(stderr, "version: --output must be text or json\n");
+        return EXIT_USAGE;
+    }
+    return EXIT_OK;
+}
+
+static int cmd_reencrypt(struct cli *cli, struct config *cfg)
+{
+    const char *from = NULL;
+    const char *to = NULL;
+    for (int i = 1; i < cli->argc; i++) {
+        if (strcmp(cli->argv[i], "--from-key") == 0 && i + 1 < cli->argc)
+            from = cli->argv[++i];
+        else if (strcmp(cli->argv[i], "--to-key") == 0 && i + 1 < cli->argc)
+            to = cli->argv[++i];
+        else {
+            fprintf(stderr, "re-encrypt: unknown option or missing value: %s\n", cli->argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    if ((from && !to) || (to && !from)) {
+        fprintf(stderr, "re-encrypt: --from-key and --to-key go together\n");
+        return EXIT_USAGE;
+    }
+    struct iot_error err = {0};
+    struct crypto_keyring kr;
+    struct store *st = NULL;
+    struct app app;
+    int code = EXIT_FAILURE_RUNTIME;
+    if (setup_keyring(cfg, to ? to : cfg->aes_encryption_key,
+                      from ? from : cfg->aes_encryption_fallback_key, &kr, &err) != IOT_OK) {
+        log_error("%s", err.msg);
+        code = EXIT_USAGE;
+        goto out;
+    }
+    if (!kr.has_primary) {
+        log_error("re-encrypt: no encryption key configured (IOT_MANAGER_AES_ENCRYPTION_KEY or "
+                  "--to-key)");
+        code = EXIT_USAGE;
+        goto out;
+    }
+    if (open_store(cfg, &st, &err) != IOT_OK ||
+        migrate_with_retry(st, STORE_MIGRATE_CHECK, 30, &err) != IOT_OK) {
+        log_error("%s", err.msg);
+        goto out;
+    }
+    app_init(&app, cfg, st, &kr);
+    int64_t done = 0;
+    enum iot_err rc = app_reencrypt(&app, &done, &err);
+    if (rc != IOT_OK) {
+        log_error("re-encrypt stopped after %lld integrations: %s", (long long)done, err.msg);
+        goto out;
+    }
+    log_info("re-encrypted %lld integrations", (long long)done);
+    code = EXIT_OK;
+out:
+    store_destroy(st);
+    OPENSSL_cleanse(&kr, sizeof kr);
+    return code;
+}
+
+static int cmd_sas_token(struct cli *cli, struct config *cfg)
+{
+    (void)cfg;
+    const char *cs_text = NULL;
+    long long expiry = (long long)time(NULL) + 3600;
+    for (int i = 1; i < cli->argc; i++) {
+        if (strcmp(cli->argv[i], "--connection-string") == 0 && i + 1 < cli->argc) {
+            cs_text = cli->argv[++i];
+        } else if (strcmp(cli->argv[i], "--expiry") == 0 && i + 1 < cli->argc) {
+            char *end = NULL;
+            errno = 0;
+            expiry = strtoll(cli->argv[++i], &end, 10);
+            if (errno || !*cli->argv[i] || *end || expiry <= 0) {
+                fprintf(stderr, "sas-token: --expiry must be a positive number of seconds\n");
+                return EXIT_USAGE;
+            }
+        } else {
+            fprintf(stderr, "sas-token: unknown option or missing value: %s\n", cli->argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    if (!cs_text) {
+        fprintf(stderr, "sas-token: --connection-string is required\n");
+        return EXIT_USAGE;
+    }
+    struct connstr cs;
+    struct iot_error err = {0};
+    char token[SAS_TOKEN_MAX];
+    int code = EXIT_USAGE;
+    if (connstr_parse(cs_text, false, &cs, &err) != IOT_OK) {
+        fprintf(stderr, "sas-token: %s\n", err.msg);
+        return EXIT_USAGE;
+    }
+    if (sas_token_for_connstr(&cs, expiry, token, sizeof token, &err) != IOT_OK) {
+        fprintf(stderr, "sas-token: %s\n", err.msg);
+        goto out;
+    }
+    puts(token);
+    code = EXIT_OK;
+out:
+    OPENSSL_cleanse(token, sizeof token);
+    connstr_clear(&cs);
+    return code;
+}
+
+/* ---- entry ---- */
+
+int main(int argc, char **argv)
+{
+    struct cli cli = {0};
+    static const struct option global_opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int opt;
+    /* '+' stops at the first non-option: the subcommand and its own flags follow */
+    while ((opt = getopt_long(argc, argv, "+hc:l:", global_opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            cli.config_path = optarg;
+            cli.config_explicit = true;
+            break;
+        case 'l':
+            cli.log_level = optarg;
+            break;
+        case 'h':
+            print_help(stdout);
+            return EXIT_OK;
+        default:
+            fprintf(stderr, "Run 'iot-manager --help' for usage.\n");
+            return EXIT_USAGE;
+        }
+    }
+    static char *default_argv[] = {(char *)"server", NULL};
+    if (optind < argc) {
+        cli.argc = argc - optind;
+        cli.argv = argv + optind;
+    } else {
+        cli.argc = 1;
+        cli.argv = default_argv;
+    }
+    if (strcmp(cli.argv[0], "help") == 0 || strcmp(cli.argv[0], "--help") == 0) {
+        print_help(stdout);
+        return EXIT_OK;
+    }
+    const struct command *cmd = NULL;
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        if (strcmp(commands[i].name, cli.argv[0]) == 0)
+            cmd = &commands[i];
+    }
+    if (!cmd) {
+        fprintf(stderr,
+                "iot-manager: unknown command \"%s\"\nRun 'iot-manager --help' for usage.\n",
+                cli.argv[0]);
+        return EXIT_USAGE;
+    }
+    for (int i = 1; i < cli.argc; i++) {
+        if (strcmp(cli.argv[i], "--help") == 0 || strcmp(cli.argv[i], "-h") == 0) {
+            printf("Usage: iot-manager [global options] %s\n\n%s\n", cmd->usage, cmd->help);
+            return EXIT_OK;
+        }
+    }
+
+    struct config *cfg = calloc(1, sizeof *cfg);
+    if (!cfg)
+        return EXIT_FAILURE_RUNTIME;
+    struct iot_error err = {0};
+    if (config_load(cfg, cli.config_path, cli.config_explicit, &err) != IOT_OK) {
+        fprintf(stderr, "iot-manager: configuration error: %s\n", err.msg);
+        free(cfg);
+        return EXIT_USAGE;
+    }
+    const char *level_text = cli.log_level ? cli.log_level : cfg->log_level;
+    enum log_level level;
+    if (!log_level_parse(level_text, &level)) {
+        fprintf(stderr, "iot-manager: --log-level must be debug, info, warn or error\n");
+        free(cfg);
+        return EXIT_USAGE;
+    }
+    log_set_level(level);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    int code = cmd->run(&cli, cfg);
+    curl_global_cleanup();
+    OPENSSL_cleanse(cfg, sizeof *cfg);
+    free(cfg);
+    return code;
 }

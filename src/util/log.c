@@ -19,7 +19,7 @@ bool log_level_parse(const char *text, enum log_level *out)
         const char *name;
         enum log_level level;
     } names[] = {
-        {"debug", LOG_LEVEL_DEBUG}, {"info", LOG_LEVEL_INFO},   {"warn", LOG_LEVEL_WARN},
+        {"debug", LOG_LEVEL_DEBUG},  {"info", LOG_LEVEL_INFO},   {"warn", LOG_LEVEL_WARN},
         {"warning", LOG_LEVEL_WARN}, {"error", LOG_LEVEL_ERROR},
     };
     if (!text)

@@ -1,0 +1,63 @@
+/* Process configuration: one static table of settings, filled from defaults, then the optional
+ * YAML file (keys as Mender's: lower-case, e.g. `listen`), then IOT_MANAGER_* environment
+ * variables (environment wins). Immutable once loaded; the only process-wide mutable state.
+ */
+#ifndef IOT_MANAGER_CONFIG_H
+#define IOT_MANAGER_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include "iot-manager/error.h"
+
+#define CONFIG_DEFAULT_FILE "/etc/iot-manager/config.yaml"
+#define CONFIG_STR_MAX      1024
+#define CONFIG_LIST_MAX     4096
+
+enum secrets_format { SECRETS_FORMAT_GCM = 0, SECRETS_FORMAT_MENDER };
+
+struct config {
+    char listen[CONFIG_STR_MAX];
+    char mongo_url[CONFIG_STR_MAX]; /* empty: embedded SQLite store */
+    char mongo_dbname[128];
+    char mongo_username[256];
+    char mongo_password[256];
+    bool mongo_ssl;
+    bool mongo_ssl_skipverify;
+    char sqlite_path[CONFIG_STR_MAX];
+    char workflows_url[CONFIG_STR_MAX];
+    char deviceauth_url[CONFIG_STR_MAX];
+    char aes_encryption_key[128];
+    char aes_encryption_fallback_key[128];
+    char aes_encryption_key_file[CONFIG_STR_MAX]; /* empty: "<sqlite_path>.key" on SQLite */
+    char secrets_format_text[32];
+    enum secrets_format secrets_format;
+    char domain_whitelist[CONFIG_LIST_MAX];
+    bool domain_skipverify;
+    int64_t event_exp_timeout;        /* seconds */
+    int64_t webhooks_timeout_seconds; /* accepted for compatibility */
+    bool debug_log;
+    int64_t request_size_limit; /* bytes */
+    int64_t http_threads;       /* 0: one thread per connection */
+    int64_t http_connection_limit;
+    int64_t http_idle_timeout;    /* seconds */
+    int64_t shutdown_timeout;     /* seconds to finish in-flight requests */
+    int64_t store_timeout_ms;     /* connect/selection/socket timeout towards the store */
+    int64_t event_sweep_interval; /* seconds between sweeps of expired events */
+    char log_level[16];
+};
+
+/* Fills `cfg` with defaults, then `path` (NULL: the default file, which may be absent; a given
+ * path must exist), then the environment. On a bad value returns IOT_ERR_CONFIG with a message
+ * naming the variable and the rule. */
+enum iot_err config_load(struct config *cfg, const char *path, bool path_explicit,
+                         struct iot_error *err);
+
+/* Splits domain_whitelist on whitespace into at most `cap` pointers into `buf` (a copy the
+ * caller provides, of size CONFIG_LIST_MAX). Returns the count. */
+size_t config_whitelist(const struct config *cfg, char *buf, const char **out, size_t cap);
+
+/* Writes the table of settings (environment name, default, meaning) for --help. */
+void config_print_help(FILE *out);
+
+#endif

@@ -1,0 +1,109 @@
+#include <stdlib.h>
+#include <string.h>
+
+#include "handlers.h"
+#include "iot-manager/api.h"
+#include "iot-manager/log.h"
+
+#define MGMT     API_MANAGEMENT_PREFIX
+#define INTERNAL API_INTERNAL_PREFIX
+
+static const struct http_route api_routes[] = {
+    {"GET", MGMT "/integrations", handle_integrations_list, API_AUTH_USER},
+    {"POST", MGMT "/integrations", handle_integration_create, API_AUTH_USER},
+    {"GET", MGMT "/integrations/{id}", handle_integration_get, API_AUTH_USER},
+    {"DELETE", MGMT "/integrations/{id}", handle_integration_delete, API_AUTH_USER},
+    {"PUT", MGMT "/integrations/{id}/credentials", handle_integration_set_credentials,
+     API_AUTH_USER},
+    {"GET", INTERNAL "/alive", handle_alive, 0},
+    {"GET", INTERNAL "/health", handle_health, 0},
+    {"DELETE", INTERNAL "/tenants/{tenant_id}", handle_tenant_delete, 0},
+};
+
+static void release_identity(void *p)
+{
+    identity_clear(p);
+    free(p);
+}
+
+const struct identity *api_identity(const struct http_request *req)
+{
+    return http_request_user(req);
+}
+
+struct app *api_app(const struct http_request *req)
+{
+    return http_request_ctx(req);
+}
+
+/* Authentication seam: every management route passes here before its handler. */
+static bool api_before(struct http_request *req, const struct http_route *route,
+                       struct http_response *resp)
+{
+    if (!(route->flags & API_AUTH_USER))
+        return true;
+    struct identity *id = calloc(1, sizeof *id);
+    if (!id) {
+        http_response_error(resp, 500, "internal error");
+        return false;
+    }
+    struct iot_error err = {0};
+    enum iot_err rc = identity_decode(http_request_header(req, "Authorization"),
+                                      http_request_cookie(req, "JWT"), id, &err);
+    if (rc != IOT_OK) {
+        free(id);
+        http_response_header(resp, "WWW-Authenticate", "Bearer realm=\"ManagementJWT\"");
+        http_response_error(resp, rc == IOT_ERR_UNAUTHORIZED ? 401 : 500, err.msg);
+        return false;
+    }
+    http_request_set_user(req, id, release_identity);
+    http_request_log_field(req, "tenant", id->tenant);
+    if (!id->is_user) {
+        http_response_error(resp, 403, "user identity missing from authorization token");
+        return false;
+    }
+    return true;
+}
+
+void api_respond_error(struct http_request *req, struct http_response *resp, enum iot_err rc,
+                       const struct iot_error *err)
+{
+    const char *msg = err && err->msg[0] ? err->msg : iot_strerror(rc);
+    switch (rc) {
+    case IOT_ERR_INVALID:
+    case IOT_ERR_NOT_FOUND:
+    case IOT_ERR_CONFLICT:
+    case IOT_ERR_FORBIDDEN:
+    case IOT_ERR_TOO_LARGE:
+        http_response_error(resp, iot_err_http_status(rc), msg);
+        return;
+    case IOT_ERR_UNAVAILABLE:
+    case IOT_ERR_NEEDS_MIGRATION:
+        log_write(LOG_LEVEL_WARN, http_request_id(req), NULL, "store unavailable: %s", msg);
+        http_response_header(resp, "Retry-After", "5");
+        http_response_error(resp, 503, "the database is unavailable, try again later");
+        return;
+    default:
+        log_write(LOG_LEVEL_ERROR, http_request_id(req), NULL, "%s %s: %s (%s)",
+                  http_request_method(req), http_request_path(req), iot_strerror(rc), msg);
+        http_response_error(resp, 500, rc == IOT_ERR_CRYPTO ? msg : "internal error");
+    }
+}
+
+enum iot_err api_server_start(struct app *app, const struct config *cfg, struct http_server **out,
+                              struct iot_error *err)
+{
+    struct http_server_options opts = {
+        .listen = cfg->listen,
+        .threads = (unsigned)cfg->http_threads,
+        .connection_limit = (unsigned)cfg->http_connection_limit,
+        .idle_timeout_s = (unsigned)cfg->http_idle_timeout,
+        .shutdown_timeout_s = (unsigned)cfg->shutdown_timeout,
+        .body_limit = (size_t)cfg->request_size_limit,
+        .routes = api_routes,
+        .nroutes = sizeof api_routes / sizeof api_routes[0],
+        .before = api_before,
+        .ctx = app,
+    };
+    return http_server_start(&opts, out, err);
+}
