@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include "iot-manager/error.h"
 
-#define CONNSTR_MAX_LEN 4096
+#define CONNSTR_MAX_LEN     4096
 #define CONNSTR_MASK_SUFFIX "...<omitted>"
 
 struct connstr {
@@ -40,6 +40,9 @@ enum iot_err connstr_parse(const char *text, bool allow_masked_key, struct conns
 /* Resolves `host` (no port); returns true when it resolves. Injected so tests need no DNS. */
 typedef bool (*connstr_resolve_fn)(const char *host, void *ctx);
 
+/* The production resolver: getaddrinfo(AF_UNSPEC); `ctx` is unused. Blocks for the lookup. */
+bool connstr_resolve_getaddrinfo(const char *host, void *ctx);
+
 struct connstr_rules {
     const char *const *whitelist; /* patterns like "*.azure-devices.net" */
     size_t whitelist_len;
@@ -58,7 +61,9 @@ enum iot_err connstr_validate(const struct connstr *cs, const struct connstr_rul
                               struct iot_error *err);
 
 /* Mender's whitelist rule: strip ":port", lower-case, trim a trailing '.', same number of labels,
- * each equal or '*'. */
+ * each equal or '*'. Stricter than Mender: the name must be plain DNS syntax and the port 1-5
+ * digits (so the matched name is the one an HTTP client connects to); "[v6]:port" literals match
+ * only an identical entry. */
 bool connstr_host_trusted(const char *hostname, const char *const *whitelist, size_t len);
 
 /* Mender's String(): HostName, GatewayHostName, SharedAccessKeyName, DeviceId, ModuleId,
