@@ -56,7 +56,7 @@ static void format_now(char *out, size_t cap)
 /* One write(2) per line: records from different threads never interleave. */
 static void emit(json_t *record)
 {
-    char *line = json_dumps(record, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *line = json_dumps(record, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
     if (!line)
         return;
     size_t len = strlen(line);

@@ -1,0 +1,492 @@
+/* The embedded SQLite store: one database file, WAL mode, foreign keys on.
+ *
+ * Schema (version 1.2.0; stable: tests and later features rely on these names):
+ *
+ *   schema_migrations (version TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)
+ *       one row per applied version ("1.0.0" ... "1.2.0"), applied_at in Unix ms.
+ *   integrations (id BLOB PRIMARY KEY CHECK (length(id) = 16), tenant_id TEXT NOT NULL,
+ *                 provider TEXT NOT NULL, description TEXT, credentials TEXT NOT NULL)
+ *       id: the 16 raw UUID bytes; provider: "iot-hub" | "iot-core" | "webhook";
+ *       description: NULL when empty; credentials: JSON with Mender's Mongo field names
+ *       (see sqlite_creds.c), secrets sealed and base64-encoded.
+ *       index integrations_tenant_provider_id (tenant_id, provider, id)       -- 1.0.0
+ *       unique index integration_one_per_tenant (tenant_id)                  -- 1.2.0
+ *       (the unique index is the column's UNIQUE rule: one integration per tenant)
+ *   devices (tenant_id TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (tenant_id, id))
+ *   device_integrations (tenant_id TEXT NOT NULL, device_id TEXT NOT NULL,
+ *                        integration_id BLOB NOT NULL,
+ *                        PRIMARY KEY (tenant_id, device_id, integration_id),
+ *                        FOREIGN KEY (tenant_id, device_id) REFERENCES devices (tenant_id, id)
+ *                            ON DELETE CASCADE)
+ *       index device_integrations_tenant_integration (tenant_id, integration_id)
+ *   events (id BLOB PRIMARY KEY, tenant_id TEXT NOT NULL, type TEXT NOT NULL, data TEXT,
+ *           event_ts INTEGER NOT NULL, expire_ts INTEGER NOT NULL, status TEXT)
+ *       times in Unix ms; index events_tenant_event_ts (tenant_id, event_ts DESC)   -- 1.1.0
+ *       index events_expire_ts (expire_ts)                                         -- 1.1.1
+ *
+ * Concurrency: a bounded pool of connections (sqlite_pool.c), so readers run in parallel under
+ * WAL; writers of this process queue on a mutex and multi-statement writes run in IMMEDIATE
+ * transactions, so no half-written state is ever visible or left behind.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "sqlite_store.h"
+
+static struct sq_store *sq_of(struct store *base)
+{
+    return (struct sq_store *)base;
+}
+
+static enum iot_err sq_check_tenant(const char *tenant, struct iot_error *err)
+{
+    if (!tenant)
+        return iot_error_set(err, IOT_ERR_INTERNAL, "database error: missing tenant");
+    return IOT_OK;
+}
+
+static enum iot_err sq_ping(struct store *base, struct iot_error *err)
+{
+    struct sq_store *st = sq_of(base);
+    struct sq_conn *c = NULL;
+    enum iot_err rc = sq_conn_acquire(st, &c, err);
+    if (rc != IOT_OK)
+        return rc;
+    rc = sq_exec_stmt(c, SQ_STMT_PING, "ping", err);
+    sq_conn_release(st, c);
+    return rc;
+}
+
+static char *sq_column_strdup(sqlite3_stmt *s, int col, bool *nomem)
+{
+    const char *text = (const char *)sqlite3_column_text(s, col);
+    if (!text)
+        return NULL;
+    char *copy = strdup(text);
+    if (!copy)
+        *nomem = true;
+    return copy;
+}
+
+/* Reads the current row (columns id, tenant_id, provider, description, credentials) into
+ * *out (caller-owned; left zeroed on failure). */
+static enum iot_err sq_row_integration(sqlite3_stmt *s, struct integration *out,
+                                       struct iot_error *err)
+{
+    memset(out, 0, sizeof *out);
+    enum iot_err rc = IOT_OK;
+    const void *id = sqlite3_column_blob(s, 0);
+    if (!id || sqlite3_column_bytes(s, 0) != (int)sizeof out->id.b) {
+        rc = iot_error_set(err, IOT_ERR_INTERNAL, "database error: malformed integration id");
+        goto out;
+    }
+    memcpy(out->id.b, id, sizeof out->id.b);
+    const char *provider = (const char *)sqlite3_column_text(s, 2);
+    if (!provider_parse(provider, &out->provider)) {
+        rc = iot_error_set(err, IOT_ERR_INTERNAL, "database error: unknown integration provider");
+        goto out;
+    }
+    bool nomem = false;
+    out->tenant_id = sq_column_strdup(s, 1, &nomem);
+    out->description = sq_column_strdup(s, 3, &nomem);
+    if (nomem || !out->tenant_id) {
+        rc = nomem ? iot_error_set(err, IOT_ERR_NOMEM, "out of memory")
+                   : iot_error_set(err, IOT_ERR_INTERNAL, "database error: missing tenant_id");
+        goto out;
+    }
+    if (out->description && !out->description[0]) {
+        free(out->description);
+        out->description = NULL;
+    }
+    rc = sq_credentials_decode((const char *)sqlite3_column_text(s, 4), &out->credentials, err);
+out:
+    if (rc != IOT_OK)
+        integration_clear(out);
+    return rc;
+}
+
+/* Steps `s` to the end, appending every row to *list. */
+static enum iot_err sq_collect(sqlite3 *db, sqlite3_stmt *s, struct integration_list *list,
+                               const char *what, struct iot_error *err)
+{
+    size_t cap = 0;
+    int src;
+    while ((src = sqlite3_step(s)) == SQLITE_ROW) {
+        if (list->len == cap) {
+            size_t ncap = cap ? cap * 2 : 4;
+            if (ncap > SIZE_MAX / sizeof *list->items)
+                return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
+            struct integration *items = realloc(list->items, ncap * sizeof *items);
+            if (!items)
+                return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
+            list->items = items;
+            cap = ncap;
+        }
+        enum iot_err rc = sq_row_integration(s, &list->items[list->len], err);
+        if (rc != IOT_OK)
+            return rc;
+        list->len++;
+    }
+    if (src != SQLITE_DONE)
+        return sq_fail(err, db, src, what);
+    return IOT_OK;
+}
+
+static enum iot_err sq_integrations_list(struct store *base, const char *tenant,
+                                         struct integration_list *out, struct iot_error *err)
+{
+    struct sq_store *st = sq_of(base);
+    out->items = NULL;
+    out->len = 0;
+    enum iot_err rc = sq_check_tenant(tenant, err);
+    if (rc != IOT_OK)
+        return rc;
+    struct sq_conn *c = NULL;
+    sqlite3_stmt *s = NULL;
+    if ((rc = sq_conn_acquire(st, &c, err)) != IOT_OK)
+        return rc;
+    if ((rc = sq_stmt(c, SQ_STMT_INTEGRATIONS_LIST, &s, err)) != IOT_OK)
+        goto out;
+    int src = sqlite3_bind_text(s, 1, tenant, -1, SQLITE_STATIC);
+    if (src != SQLITE_OK) {
+        rc = sq_fail(err, c->db, src, "listing integrations");
+        goto out;
+    }
+    rc = sq_collect(c->db, s, out, "listing integrations", err);
+out:
+    sq_stmt_done(s);
+    sq_conn_release(st, c);
+    if (rc != IOT_OK)
+        integration_list_clear(out);
+    return rc;
+}
+
+/* Binds tenant as ?1 and id as ?2 (both borrowed until sq_stmt_done). */
+static int sq_bind_tenant_id(sqlite3_stmt *s, const char *tenant, const struct uuid *id)
+{
+    int src = sqlite3_bind_text(s, 1, tenant, -1, SQLITE_STATIC);
+    if (src == SQLITE_OK)
+        src = sqlite3_bind_blob(s, 2, id->b, (int)sizeof id->b, SQLITE_STATIC);
+    return src;
+}
+
+static enum iot_err sq_integration_get(struct store *base, const char *tenant,
+                                       const struct uuid *id, struct integration *out,
+                                       struct iot_error *err)
+{
+    struct sq_store *st = sq_of(base);
+    memset(out, 0, sizeof *out);
+    enum iot_err rc = sq_check_tenant(tenant, err);
+    if (rc != IOT_OK)
+        return rc;
+    struct sq_conn *c = NULL;
+    sqlite3_stmt *s = NULL;
+    if ((rc = sq_conn_acquire(st, &c, err)) != IOT_OK)
+        return rc;
+    if ((rc = sq_stmt(c, SQ_STMT_INTEGRATION_GET, &s, err)) != IOT_OK)
+        goto out;
+    int src = sq_bind_tenant_id(s, tenant, id);
+    if (src == SQLITE_OK)
+        src = sqlite3_step(s);
+    if (src == SQLITE_ROW)
+        rc = sq_row_integration(s, out, err);
+    else if (src == SQLITE_DONE)
+        rc = iot_error_set(err, IOT_ERR_NOT_FOUND, "integration not found");
+    else
+        rc = sq_fail(err, c->db, src, "reading integration");
+out:
+    sq_stmt_done(s);
+    sq_conn_release(st, c);
+    return rc;
+}
+
+static enum iot_err sq_integration_create(struct store *base, const struct integration *in,
+                                          struct iot_error *err)
+{
+    struct sq_store *st = sq_of(base);
+    enum iot_err rc = sq_check_tenant(in->tenant_id, err);
+    if (rc != IOT_OK)
+        return rc;
+    if ((unsigned)in->provider >= PROVIDER__COUNT)
+        return iot_error_set(err, IOT_ERR_INTERNAL, "database error: unknown provider");
+    char *creds = NULL;
+    if ((rc = sq_credentials_encode(&in->credentials, &creds, err)) != IOT_OK)
+        return rc;
+    struct sq_conn *c = NULL;
+    sqlite3_stmt *s = NULL;
+    if ((rc = sq_conn_acquire(st, &c, err)) != IOT_OK)
+        goto out;
+    if ((rc = sq_stmt(c, SQ_STMT_INTEGRATION_INSERT, &s, err)) != IOT_OK)
+        goto out;
+    const char *description = in->description && in->description[0] ? in->description : NULL;
+    int src = sqlite3_bind_blob(s, 1, in->id.b, (int)sizeof in->id.b, SQLITE_STATIC);
+    if (src == SQLITE_OK)
+        src = sqlite3_bind_text(s, 2, in->tenant_id, -1, SQLITE_STATIC);
+    if (src == SQLITE_OK)
+        src = sqlite3_bind_text(s, 3, provider_name(in->provider), -1, SQLITE_STATIC);
+    if (src == SQLITE_OK)
+        src = description ? sqlite3_bind_text(s, 4, description, -1, SQLITE_STATIC)
+                          : sqlite3_bind_null(s, 4);
+    if (src == SQLITE_OK)
+        src = sqlite3_bind_text(s, 5, creds, -1, SQLITE_STATIC);
+    if (src == SQLITE_OK) {
+        pthread_mutex_lock(&st->write_mu);
+        src = sqlite3_step(s);
+        pthread_mutex_unlock(&st->write_mu);
+    }
+    if (src == SQLITE_DONE)
+        rc = IOT_OK;
+    else if (src == SQLITE_CONSTRAINT_UNIQUE || src == SQLITE_CONSTRAINT_PRIMARYKEY)
+        rc = iot_error_set(err, IOT_ERR_CONFLICT, "integration already exists");
+    else
+        rc = sq_fail(err, c->db, src, "creating integration");
+out:
+    sq_stmt_done(s);
+    sq_conn_release(st, c);
+    free(creds);
+    return rc;
+}
+
+/* Runs a tenant+id write (?1 tenant, ?2 id, optional ?3 text) and reports NOT_FOUND when it
+ * changed no row. */
+static enum iot_err sq_write_by_id(struct store *base, enum sq_stmt_id id_stmt, const char *tenant,
+                                   const struct uuid *id, const char *text, const char *what,
+                                   struct iot_error *err)
+{
+    struct sq_store *st = sq_of(base);
+    enum iot_err rc = sq_check_tenant(tenant, err);
+    if (rc != IOT_OK)
+        return rc;
+    struct sq_conn *c = NULL;
+    sqlite3_stmt *s = NULL;
+    if ((rc = sq_conn_acquire(st, &c, err)) != IOT_OK)
+        return rc;
+    if ((rc = sq_stmt(c, id_stmt, &s, err)) != IOT_OK)
+        goto out;
+    int src = sq_bind_tenant_id(s, tenant, id);
+    if (src == SQLITE_OK && text)
+        src = sqlite3_bind_text(s, 3, text, -1, SQLITE_STATIC);
+    int64_t changed = 0;
+    if (src == SQLITE_OK) {
+        pthread_mutex_lock(&st->write_mu);
+        src = sqlite3_step(s);
+        changed = sqlite3_changes64(c->db);
+        pthread_mutex_unlock(&st->write_mu);
+    }
+    if (src != SQLITE_DONE)
+        rc = sq_fail(err, c->db, src, what);
+    else if (changed == 0)
+        rc = iot_error_set(err, IOT_ERR_NOT_FOUND, "integration not found");
+out:
+    sq_stmt_done(s);
+    sq_conn_release(st, c);
+    return rc;
+}
+
+static enum iot_err sq_integration_set_credentials(struct store *base, const char *tenant,
+                                                   const struct uuid *id,
+                                                   const struct credentials *creds,
+                                                   struct iot_error *err)
+{
+    char *text = NULL;
+    enum iot_err rc = sq_credentials_encode(creds, &text, err);
+    if (rc != IOT_OK)
+        return rc;
+    rc = sq_write_by_id(base, SQ_STMT_INTEGRATION_SET_CREDENTIALS, tenant, id, text,
+                        "updating credentials", err);
+    free(text);
+    return rc;
+}
+
+static enum iot_err sq_integration_delete(struct store *base, const char *tenant,
+                                          const struct uuid *id, struct iot_error *err)
+{
+    return sq_write_by_id(base, SQ_STMT_INTEGRATION_DELETE, tenant, id, NULL,
+                          "deleting integration", err);
+}
+
+static enum iot_err sq_integrations_for_each(struct store *base,
+                                             enum iot_err (*fn)(struct integration *in, void *ctx),
+                                             void *ctx, struct iot_error *err)
+{
+    struct sq_store *st = sq_of(base);
+    struct integration_list all = {0};
+    struct sq_conn *c = NULL;
+    sqlite3_stmt *s = NULL;
+    enum iot_err rc = sq_conn_acquire(st, &c, err);
+    if (rc != IOT_OK)
+        return rc;
+    if ((rc = sq_stmt(c, SQ_STMT_INTEGRATIONS_ALL, &s, err)) == IOT_OK)
+        rc = sq_collect(c->db, s, &all, "reading integrations", err);
+    sq_stmt_done(s);
+    /* Give the connection back before calling out: `fn` may use the store itself. Each
+     * integration stays ours; `fn` may modify it and it is cleared after the walk. */
+    sq_conn_release(st, c);
+    for (size_t i = 0; rc == IOT_OK && i < all.len; i++)
+        rc = fn(&all.items[i], ctx);
+    integration_list_clear(&all);
+    return rc;
+}
+
+static enum iot_err sq_devices_count_linked(struct store *base, const char *tenant,
+                                            const struct uuid *integration_id, int64_t *count,
+                                            struct iot_error *err)
+{
+    struct sq_store *st = sq_of(base);
+    *count = 0;
+    enum iot_err rc = sq_check_tenant(tenant, err);
+    if (rc != IOT_OK)
+        return rc;
+    struct sq_conn *c = NULL;
+    sqlite3_stmt *s = NULL;
+    if ((rc = sq_conn_acquire(st, &c, err)) != IOT_OK)
+        return rc;
+    if ((rc = sq_stmt(c, SQ_STMT_DEVICES_COUNT_LINKED, &s, err)) != IOT_OK)
+        goto out;
+    int src = sq_bind_tenant_id(s, tenant, integration_id);
+    if (src == SQLITE_OK)
+        src = sqlite3_step(s);
+    if (src == SQLITE_ROW)
+        *count = sqlite3_column_int64(s, 0);
+    else
+        rc = sq_fail(err, c->db, src, "counting devices");
+out:
+    sq_stmt_done(s);
+    sq_conn_release(st, c);
+    return rc;
+}
+
+static enum iot_err sq_tenant_delete(struct store *base, const char *tenant, struct iot_error *err)
+{
+    /* Links first: they reference devices (the cascade would do it too, but explicitly is
+     * independent of the foreign_keys pragma). */
+    static const enum sq_stmt_id steps[] = {
+        SQ_STMT_TENANT_DELETE_LINKS,
+        SQ_STMT_TENANT_DELETE_DEVICES,
+        SQ_STMT_TENANT_DELETE_INTEGRATIONS,
+        SQ_STMT_TENANT_DELETE_EVENTS,
+    };
+    struct sq_store *st = sq_of(base);
+    enum iot_err rc = sq_check_tenant(tenant, err);
+    if (rc != IOT_OK)
+        return rc;
+    struct sq_conn *c = NULL;
+    if ((rc = sq_conn_acquire(st, &c, err)) != IOT_OK)
+        return rc;
+    if ((rc = sq_tx_begin(st, c, err)) != IOT_OK)
+        goto out;
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        sqlite3_stmt *s = NULL;
+        if ((rc = sq_stmt(c, steps[i], &s, err)) != IOT_OK)
+            break;
+        int src = sqlite3_bind_text(s, 1, tenant, -1, SQLITE_STATIC);
+        if (src == SQLITE_OK)
+            src = sqlite3_step(s);
+        if (src != SQLITE_DONE)
+            rc = sq_fail(err, c->db, src, "deleting tenant data");
+        sq_stmt_done(s);
+        if (rc != IOT_OK)
+            break;
+    }
+    if (rc == IOT_OK)
+        rc = sq_tx_commit(st, c, err);
+    else
+        sq_tx_rollback(st, c);
+out:
+    sq_conn_release(st, c);
+    return rc;
+}
+
+static enum iot_err sq_events_expire(struct store *base, int64_t now_ms, int64_t *removed,
+                                     struct iot_error *err)
+{
+    struct sq_store *st = sq_of(base);
+    *removed = 0;
+    struct sq_conn *c = NULL;
+    sqlite3_stmt *s = NULL;
+    enum iot_err rc = sq_conn_acquire(st, &c, err);
+    if (rc != IOT_OK)
+        return rc;
+    if ((rc = sq_stmt(c, SQ_STMT_EVENTS_EXPIRE, &s, err)) != IOT_OK)
+        goto out;
+    int src = sqlite3_bind_int64(s, 1, now_ms);
+    if (src == SQLITE_OK) {
+        pthread_mutex_lock(&st->write_mu);
+        src = sqlite3_step(s);
+        *removed = sqlite3_changes64(c->db);
+        pthread_mutex_unlock(&st->write_mu);
+    }
+    if (src != SQLITE_DONE) {
+        *removed = 0;
+        rc = sq_fail(err, c->db, src, "expiring events");
+    }
+out:
+    sq_stmt_done(s);
+    sq_conn_release(st, c);
+    return rc;
+}
+
+static void sq_destroy(struct store *base)
+{
+    struct sq_store *st = sq_of(base);
+    /* Callers stop using the store before destroying it, so every connection is idle. */
+    while (st->idle) {
+        struct sq_conn *c = st->idle;
+        st->idle = c->next;
+        sq_conn_close(c);
+    }
+    pthread_cond_destroy(&st->pool_cv);
+    pthread_mutex_destroy(&st->pool_mu);
+    pthread_mutex_destroy(&st->write_mu);
+    free(st->path);
+    free(st);
+}
+
+static const struct store_ops sq_ops = {
+    .name = "sqlite",
+    .ping = sq_ping,
+    .migrate = sq_migrate,
+    .integrations_list = sq_integrations_list,
+    .integration_get = sq_integration_get,
+    .integration_create = sq_integration_create,
+    .integration_set_credentials = sq_integration_set_credentials,
+    .integration_delete = sq_integration_delete,
+    .integrations_for_each = sq_integrations_for_each,
+    .devices_count_linked = sq_devices_count_linked,
+    .tenant_delete = sq_tenant_delete,
+    .events_expire = sq_events_expire,
+    .destroy = sq_destroy,
+};
+
+enum iot_err store_sqlite_open(const struct store_sqlite_options *opts, struct store **out,
+                               struct iot_error *err)
+{
+    *out = NULL;
+    if (!opts || !opts->path || !opts->path[0])
+        return iot_error_set(err, IOT_ERR_CONFIG, "sqlite store: database path is empty");
+    struct sq_store *st = calloc(1, sizeof *st);
+    if (!st)
+        return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
+    st->base.ops = &sq_ops;
+    st->busy_timeout_ms =
+        opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : SQ_DEFAULT_BUSY_TIMEOUT_MS;
+    st->path = strdup(opts->path);
+    if (!st->path) {
+        free(st);
+        return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
+    }
+    pthread_mutex_init(&st->pool_mu, NULL);
+    pthread_cond_init(&st->pool_cv, NULL);
+    pthread_mutex_init(&st->write_mu, NULL);
+    /* Open the first connection now: creates the file, switches it to WAL, and turns a bad
+     * path into a start-up error instead of a failure on the first request. */
+    struct sq_conn *c = NULL;
+    enum iot_err rc = sq_conn_acquire(st, &c, err);
+    if (rc != IOT_OK) {
+        sq_destroy(&st->base);
+        return rc;
+    }
+    sq_conn_release(st, c);
+    *out = &st->base;
+    return IOT_OK;
+}

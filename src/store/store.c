@@ -1,0 +1,83 @@
+/* The store port's dispatchers: each forwards to the adapter's ops table. They add nothing, so
+ * both adapters see exactly the arguments the callers pass. */
+#include <stddef.h>
+
+#include "iot-manager/store.h"
+
+const char *store_name(const struct store *st)
+{
+    return st && st->ops ? st->ops->name : "none";
+}
+
+enum iot_err store_ping(struct store *st, struct iot_error *err)
+{
+    return st->ops->ping(st, err);
+}
+
+enum iot_err store_migrate(struct store *st, enum store_migrate_mode mode, struct iot_error *err)
+{
+    return st->ops->migrate(st, mode, err);
+}
+
+enum iot_err store_integrations_list(struct store *st, const char *tenant,
+                                     struct integration_list *out, struct iot_error *err)
+{
+    return st->ops->integrations_list(st, tenant, out, err);
+}
+
+enum iot_err store_integration_get(struct store *st, const char *tenant, const struct uuid *id,
+                                   struct integration *out, struct iot_error *err)
+{
+    return st->ops->integration_get(st, tenant, id, out, err);
+}
+
+enum iot_err store_integration_create(struct store *st, const struct integration *in,
+                                      struct iot_error *err)
+{
+    return st->ops->integration_create(st, in, err);
+}
+
+enum iot_err store_integration_set_credentials(struct store *st, const char *tenant,
+                                               const struct uuid *id,
+                                               const struct credentials *creds,
+                                               struct iot_error *err)
+{
+    return st->ops->integration_set_credentials(st, tenant, id, creds, err);
+}
+
+enum iot_err store_integration_delete(struct store *st, const char *tenant, const struct uuid *id,
+                                      struct iot_error *err)
+{
+    return st->ops->integration_delete(st, tenant, id, err);
+}
+
+enum iot_err store_integrations_for_each(struct store *st,
+                                         enum iot_err (*fn)(struct integration *in, void *ctx),
+                                         void *ctx, struct iot_error *err)
+{
+    return st->ops->integrations_for_each(st, fn, ctx, err);
+}
+
+enum iot_err store_devices_count_linked(struct store *st, const char *tenant,
+                                        const struct uuid *integration_id, int64_t *count,
+                                        struct iot_error *err)
+{
+    return st->ops->devices_count_linked(st, tenant, integration_id, count, err);
+}
+
+enum iot_err store_tenant_delete(struct store *st, const char *tenant, struct iot_error *err)
+{
+    return st->ops->tenant_delete(st, tenant, err);
+}
+
+enum iot_err store_events_expire(struct store *st, int64_t now_ms, int64_t *removed,
+                                 struct iot_error *err)
+{
+    return st->ops->events_expire(st, now_ms, removed, err);
+}
+
+void store_destroy(struct store *st)
+{
+    if (st && st->ops && st->ops->destroy)
+        st->ops->destroy(st);
+}
