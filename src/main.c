@@ -145,8 +145,17 @@ static enum iot_err setup_keyring(const struct config *cfg, const char *primary_
         kr->has_primary = true;
     }
     if (fallback_text && *fallback_text) {
-        if ((rc = crypto_key_parse(fallback_text, &kr->fallback, err)) != IOT_OK)
-            return iot_error_prefix(err, "fallback key: ");
+        if ((rc = crypto_key_parse(fallback_text, &kr->fallback, err)) != IOT_OK) {
+            /* Mender names the fallback key in the same sentence */
+            char *at = err ? strstr(err->msg, "encryption key") : NULL;
+            if (at) {
+                char rest[IOT_ERROR_MSG_MAX];
+                snprintf(rest, sizeof rest, "%s", at + strlen("encryption key"));
+                snprintf(at, sizeof err->msg - (size_t)(at - err->msg),
+                         "encryption fallback key%s", rest);
+            }
+            return rc;
+        }
         kr->has_fallback = true;
     }
     if (cfg->mongo_url[0]) {

@@ -15,8 +15,9 @@
 long b64_encode(const uint8_t *in, size_t len, char *out, size_t cap, bool url);
 
 /* Decodes the standard alphabet; padding is required exactly as Go's StdEncoding does
- * (length a multiple of 4, '=' only at the end). Returns the number of bytes written into `out`
- * (capacity `cap`), or -1 on malformed input or overflow. When `bad_offset` is not NULL it
+ * (length a multiple of 4, '=' only at the end; '\r' and '\n' are skipped anywhere, as Go does).
+ * Returns the number of bytes written into `out` (capacity `cap`), or -1 on malformed input or
+ * overflow. When `bad_offset` is not NULL it
  * receives the offset of the first illegal byte (Go's "illegal base64 data at input byte N"). */
 long b64_decode_std(const char *in, size_t len, uint8_t *out, size_t cap, size_t *bad_offset);
 

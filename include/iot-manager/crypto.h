@@ -41,13 +41,14 @@ struct crypto_keyring {
  * key: ..." and "AES encryption key has a wrong length, expected 32 bytes". */
 enum iot_err crypto_key_parse(const char *text, struct crypto_key *out, struct iot_error *err);
 
-/* Stable, non-negative 31-bit id of a key: first 4 bytes of SHA-256("iot-manager key id" || key). */
+/* Stable, non-negative 31-bit id of a key: first 4 bytes of SHA-256("iot-manager key id" || key).
+ */
 int32_t crypto_key_id(const uint8_t key[CRYPTO_KEY_LEN]);
 
 /* Reads the 32-byte key file at `path` (base64 text), or creates it with a random key and mode
  * 0600 when it does not exist. Refuses a file readable by group or others (IOT_ERR_CONFIG). */
-enum iot_err crypto_keyfile_load_or_create(const char *path, struct crypto_key *out,
-                                           bool *created, struct iot_error *err);
+enum iot_err crypto_keyfile_load_or_create(const char *path, struct crypto_key *out, bool *created,
+                                           struct iot_error *err);
 
 /* Seals a SECRET_PLAIN secret in place with the keyring's primary key (GCM, or Mender's format
  * when write_legacy; with no primary key Mender's plaintext label is written, as Mender does).

@@ -15,7 +15,8 @@ struct uuid {
 /* Random version-4 UUID (OpenSSL RAND_bytes). IOT_ERR_INTERNAL if the RNG fails. */
 enum iot_err uuid_generate_v4(struct uuid *out);
 
-/* Version-5 UUID (SHA-1) of `name` in namespace `ns` (RFC 4122), as Mender's old integration ids. */
+/* Version-5 UUID (SHA-1) of `name` in namespace `ns` (RFC 4122), as Mender's old integration ids.
+ */
 void uuid_generate_v5(const struct uuid *ns, const char *name, struct uuid *out);
 
 /* Canonical text, lower-case, into a buffer of at least UUID_STR_LEN + 1 bytes. */
