@@ -1,0 +1,62 @@
+/* Private to the MongoDB store adapter: the adapter's state, its error mapping, the BSON codec
+ * of Mender's documents and the migrations. */
+#ifndef IOT_MANAGER_STORE_MONGO_INTERNAL_H
+#define IOT_MANAGER_STORE_MONGO_INTERNAL_H
+
+#include <mongoc/mongoc.h>
+
+#include "iot-manager/model.h"
+#include "iot-manager/store.h"
+
+#define MONGO_COLL_INTEGRATIONS "integrations"
+#define MONGO_COLL_DEVICES      "devices"
+#define MONGO_COLL_LOG          "log"
+#define MONGO_COLL_MIGRATIONS   "migration_info"
+
+/* Server code of a duplicate key on insert (MongoDB and FerretDB alike). */
+#define MONGO_CODE_DUPLICATE_KEY 11000
+/* NotImplemented: FerretDB's answer to TTL index options. */
+#define MONGO_CODE_NOT_IMPLEMENTED 238
+
+struct mongo_store {
+    struct store base; /* first member: the port's handle */
+    mongoc_client_pool_t *pool;
+    char *dbname;
+};
+
+/* Maps a libmongoc error into `err`: no server / network / authentication failures become
+ * IOT_ERR_UNAVAILABLE, everything else IOT_ERR_INTERNAL. `what` names the operation. */
+enum iot_err mongo_error_set(struct iot_error *err, const bson_error_t *error, const char *what);
+
+/* --- BSON codec (mongo_bson.c) --- */
+
+/* Appends `u` as BinData subtype 4, the way Mender writes UUIDs. */
+bool mongo_append_uuid(bson_t *doc, const char *key, const struct uuid *u);
+
+/* Appends {key: {$in: [BinData(4, u), BinData(3, u)]}}: matches ids written by either UUID
+ * representation. */
+bool mongo_append_uuid_match(bson_t *doc, const char *key, const struct uuid *u);
+
+/* Reads a UUID stored as BinData subtype 4, 3 or 0 of 16 bytes. */
+bool mongo_iter_uuid(const bson_iter_t *it, struct uuid *out);
+
+/* Appends the `credentials` sub-document of `c` under `key` into `parent`. Secrets must be
+ * SECRET_SEALED (or SECRET_EMPTY: then omitted); anything else is IOT_ERR_INTERNAL. */
+enum iot_err mongo_append_credentials(bson_t *parent, const char *key, const struct credentials *c,
+                                      struct iot_error *err);
+
+/* Builds the full integrations document of `in` into `doc` (initialised by the caller). */
+enum iot_err mongo_integration_to_bson(const struct integration *in, bson_t *doc,
+                                       struct iot_error *err);
+
+/* Decodes an integrations document into `out` (zeroed by the caller; filled and owned by the
+ * caller on success, left cleared on failure). */
+enum iot_err mongo_integration_from_bson(const bson_t *doc, struct integration *out,
+                                         struct iot_error *err);
+
+/* --- migrations (mongo_migrate.c) --- */
+
+enum iot_err mongo_migrate(struct mongo_store *ms, enum store_migrate_mode mode,
+                           struct iot_error *err);
+
+#endif
