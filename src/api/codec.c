@@ -83,9 +83,11 @@ static const char *json_go_type(const json_t *v)
     }
 }
 
-/* A member that must be a string (or absent/null). */
-static enum iot_err member_string(json_t *obj, const char *key, const char *go_field,
-                                  const char *go_type, const char **out, struct iot_error *err)
+/* A member that must be a string (or absent/null). `go_struct` and `path` make Go's
+ * "<innermost struct>.<json path from the root>" naming of the field. */
+static enum iot_err member_string(json_t *obj, const char *key, const char *go_struct,
+                                  const char *path, const char *go_type, const char **out,
+                                  struct iot_error *err)
 {
     json_t *v = json_object_get(obj, key);
     *out = NULL;
@@ -94,8 +96,8 @@ static enum iot_err member_string(json_t *obj, const char *key, const char *go_f
     if (!json_is_string(v))
         return iot_error_set(err, IOT_ERR_INVALID,
                              MALFORMED
-                             "json: cannot unmarshal %s into Go struct field %s of type %s",
-                             json_go_type(v), go_field, go_type);
+                             "json: cannot unmarshal %s into Go struct field %s.%s%s of type %s",
+                             json_go_type(v), go_struct, path, key, go_type);
     *out = json_string_value(v);
     return IOT_OK;
 }
@@ -113,6 +115,12 @@ static enum iot_err parse_body(const char *body, size_t len, const char *go_valu
     json_t *root = json_loadb(body, len, JSON_DECODE_ANY, &jerr);
     if (!root)
         return iot_error_set(err, IOT_ERR_INVALID, MALFORMED "%s", jerr.text);
+    if (json_is_null(root)) {
+        /* Go decodes null into a struct as a no-op: validation then sees an empty object */
+        json_decref(root);
+        if (!(root = json_object()))
+            return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
+    }
     if (!json_is_object(root)) {
         enum iot_err rc = iot_error_set(
             err, IOT_ERR_INVALID, MALFORMED "json: cannot unmarshal %s into Go value of type %s",
@@ -142,19 +150,20 @@ static enum iot_err sas_from_connstr(struct connstr *cs, struct credentials_sas 
 /* Decodes a Credentials object: JSON types first (Go's decoder), then the connection string,
  * which Mender parses and validates while decoding (so its errors come unwrapped). Field-rule
  * violations go to `fe`. */
-static enum iot_err credentials_decode(const struct app *app, json_t *obj, bool allow_masked,
-                                       struct credentials *out, char **masked_key,
-                                       struct field_errors *fe, bool *type_ok,
+static enum iot_err credentials_decode(const struct app *app, json_t *obj, const char *path,
+                                       bool allow_masked, struct credentials *out,
+                                       char **masked_key, struct field_errors *fe, bool *type_ok,
                                        struct iot_error *err)
 {
     enum iot_err rc;
     const char *type = NULL;
     const char *cs_text = NULL;
     *type_ok = false;
-    if ((rc = member_string(obj, "type", "Credentials.type", "model.CredentialType", &type, err)) !=
-            IOT_OK ||
-        (rc = member_string(obj, "connection_string", "Credentials.connection_string",
-                            "model.ConnectionString", &cs_text, err)) != IOT_OK)
+    /* the field is a *ConnectionString, a TextUnmarshaler: Go names the pointer type */
+    if ((rc = member_string(obj, "type", "Credentials", path, "model.CredentialType", &type,
+                            err)) != IOT_OK ||
+        (rc = member_string(obj, "connection_string", "Credentials", path,
+                            "*model.ConnectionString", &cs_text, err)) != IOT_OK)
         return rc;
 
     struct connstr cs = {0};
@@ -226,6 +235,7 @@ enum iot_err codec_integration_decode(const struct app *app, const char *body, s
 {
     memset(out, 0, sizeof *out);
     json_t *root = NULL;
+    json_t *empty_creds = NULL; /* owned; stands for an absent "credentials" */
     enum iot_err rc = parse_body(body, len, "model.Integration", &root, err);
     if (rc != IOT_OK)
         return rc;
@@ -233,10 +243,10 @@ enum iot_err codec_integration_decode(const struct app *app, const char *body, s
     const char *provider = NULL;
     const char *description = NULL;
     struct field_errors fe = {0};
-    if ((rc = member_string(root, "provider", "Integration.provider", "model.Provider", &provider,
+    if ((rc = member_string(root, "provider", "Integration", "", "model.Provider", &provider,
                             err)) != IOT_OK ||
-        (rc = member_string(root, "description", "Integration.description", "string", &description,
-                            err)) != IOT_OK)
+        (rc = member_string(root, "description", "Integration", "", "string", &description, err)) !=
+            IOT_OK)
         goto out;
     json_t *creds = json_object_get(root, "credentials");
     bool type_ok = false;
@@ -247,34 +257,40 @@ enum iot_err codec_integration_decode(const struct app *app, const char *body, s
                            json_go_type(creds));
         goto out;
     }
-    if (json_is_object(creds)) {
-        struct field_errors nested = {0};
-        rc = credentials_decode(app, creds, false, &out->credentials, NULL, &nested, &type_ok, err);
-        if (rc != IOT_OK)
+    /* Mender's Credentials is a struct value, not a pointer: when absent or null it is validated
+     * as an empty one ("credentials: (type: cannot be blank.)"), never "cannot be blank". */
+    if (!json_is_object(creds)) {
+        if (!(creds = empty_creds = json_object())) {
+            rc = iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
             goto out;
-        if (nested.n) {
-            char text[IOT_ERROR_MSG_MAX];
-            field_errors_format(&nested, text, sizeof text);
-            field_error(&fe, "credentials", "(%.480s)", text);
         }
-    } else {
-        field_error(&fe, "credentials", "cannot be blank");
+    }
+    struct field_errors nested = {0};
+    rc = credentials_decode(app, creds, "credentials.", false, &out->credentials, NULL, &nested,
+                            &type_ok, err);
+    if (rc != IOT_OK)
+        goto out;
+    if (nested.n) {
+        char text[IOT_ERROR_MSG_MAX];
+        field_errors_format(&nested, text, sizeof text);
+        field_error(&fe, "credentials", "(%.480s)", text);
     }
 
     if (description && strlen(description) > DESCRIPTION_MAX_BYTES)
         field_error(&fe, "description", "the length must be no more than %d",
                     DESCRIPTION_MAX_BYTES);
 
+    /* Mender's rules on provider run in order Required, By(compatibleCredentials), then the
+     * type's own In(...) check; the second fails for any unknown provider, so "must be a valid
+     * value" can never be reached and an unknown provider reads as incompatible. */
     enum provider p = PROVIDER__COUNT;
-    if (!provider || !*provider)
+    if (!provider || !*provider) {
         field_error(&fe, "provider", "cannot be blank");
-    else if (!provider_parse(provider, &p))
-        field_error(&fe, "provider", "must be a valid value");
-    else if (json_is_object(creds)) {
+    } else if (!provider_parse(provider, &p) || !type_ok ||
+               provider_credential_type(p) != out->credentials.type) {
         const char *type = json_string_value(json_object_get(creds, "type"));
-        if (!type_ok || provider_credential_type(p) != out->credentials.type)
-            field_error(&fe, "provider", "'%s' incompatible with credential type '%s'", provider,
-                        type ? type : "");
+        field_error(&fe, "provider", "'%s' incompatible with credential type '%s'", provider,
+                    type ? type : "");
     }
 
     if (fe.n) {
@@ -294,6 +310,7 @@ enum iot_err codec_integration_decode(const struct app *app, const char *body, s
     if (description && *description && !(out->description = strdup(description)))
         rc = iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
 out:
+    json_decref(empty_creds);
     json_decref(root);
     if (rc != IOT_OK)
         integration_clear(out);
@@ -312,7 +329,7 @@ enum iot_err codec_credentials_decode(const struct app *app, const char *body, s
         return rc;
     struct field_errors fe = {0};
     bool type_ok = false;
-    rc = credentials_decode(app, root, true, out, masked_key, &fe, &type_ok, err);
+    rc = credentials_decode(app, root, "", true, out, masked_key, &fe, &type_ok, err);
     if (rc == IOT_OK && fe.n) {
         char text[IOT_ERROR_MSG_MAX];
         field_errors_format(&fe, text, sizeof text);

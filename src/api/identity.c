@@ -28,21 +28,74 @@ static size_t raw_url_bad_offset(const char *s, size_t len)
     return len % 4 == 1 ? len - 1 : len;
 }
 
-static enum iot_err bool_claim(json_t *claims, const char *name, bool *out, struct iot_error *err)
+/* The JSON kind as Go's encoding/json names it in UnmarshalTypeError. */
+static const char *go_json_kind(const json_t *v)
 {
-    json_t *v = json_object_get(claims, name);
-    *out = false;
-    if (!v || json_is_null(v))
-        return IOT_OK;
-    if (!json_is_boolean(v))
-        return iot_error_set(err, IOT_ERR_UNAUTHORIZED,
-                             "identity: failed to decode JSON JWT claims: json: cannot unmarshal "
-                             "%s into Go struct field Identity.%s of type bool",
-                             json_is_string(v)   ? "string"
-                             : json_is_number(v) ? "number"
-                                                 : "value",
-                             name);
-    *out = json_is_true(v);
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        return "object";
+    case JSON_ARRAY:
+        return "array";
+    case JSON_STRING:
+        return "string";
+    case JSON_INTEGER:
+    case JSON_REAL:
+        return "number";
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return "bool";
+    default:
+        return "null";
+    }
+}
+
+/* The claims go-lib-micro's Identity struct declares with a scalar type. encoding/json matches
+ * keys case-insensitively, keeps the last of duplicate keys, leaves a field alone on null, and
+ * reports the first type mismatch in document order. */
+enum claim_slot {
+    CLAIM_SUB,
+    CLAIM_TENANT,
+    CLAIM_PLAN,
+    CLAIM_USER,
+    CLAIM_DEVICE,
+    CLAIM_TRIAL,
+    CLAIM__N
+};
+
+static const struct {
+    const char *name;
+    bool is_bool; /* else string */
+} claim_fields[CLAIM__N] = {
+    [CLAIM_SUB] = {"sub", false},
+    [CLAIM_TENANT] = {"mender.tenant", false},
+    [CLAIM_PLAN] = {"mender.plan", false},
+    [CLAIM_USER] = {"mender.user", true},
+    [CLAIM_DEVICE] = {"mender.device", true},
+    [CLAIM_TRIAL] = {"mender.trial", true},
+};
+
+static enum iot_err claims_collect(json_t *claims, json_t *slots[CLAIM__N], struct iot_error *err)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(claims, key, v)
+    {
+        for (int f = 0; f < CLAIM__N; f++) {
+            if (strcasecmp(key, claim_fields[f].name) != 0)
+                continue;
+            if (json_is_null(v))
+                break;
+            bool ok = claim_fields[f].is_bool ? json_is_boolean(v) : json_is_string(v);
+            if (!ok)
+                return iot_error_set(err, IOT_ERR_UNAUTHORIZED,
+                                     "identity: failed to decode JSON JWT claims: json: cannot "
+                                     "unmarshal %s into Go struct field Identity.%s of type %s",
+                                     go_json_kind(v), claim_fields[f].name,
+                                     claim_fields[f].is_bool ? "bool" : "string");
+            slots[f] = v;
+            break;
+        }
+    }
     return IOT_OK;
 }
 
@@ -52,7 +105,9 @@ enum iot_err identity_decode(const char *authorization, const char *cookie, stru
     memset(out, 0, sizeof *out);
     const char *token = NULL;
     char scheme[64];
-    if (authorization) {
+    /* Go's Header.Get cannot tell an empty header from a missing one: both fall back to the
+     * cookie. */
+    if (authorization && *authorization) {
         const char *space = strchr(authorization, ' ');
         if (!space || strchr(space + 1, ' '))
             return iot_error_set(err, IOT_ERR_UNAUTHORIZED, "malformed Authorization header");
@@ -97,36 +152,40 @@ enum iot_err identity_decode(const char *authorization, const char *cookie, stru
                              seglen);
     }
     json_error_t jerr;
-    json_t *claims = json_loadb((const char *)raw, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *claims =
+        json_loadb((const char *)raw, (size_t)n, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     free(raw);
-    if (!claims || !json_is_object(claims)) {
-        json_decref(claims);
+    if (!claims)
         return iot_error_set(err, IOT_ERR_UNAUTHORIZED,
-                             "identity: failed to decode JSON JWT claims: %s",
-                             claims ? "json: cannot unmarshal non-object into Go value of type "
-                                      "identity.Identity"
-                                    : jerr.text);
+                             "identity: failed to decode JSON JWT claims: %s", jerr.text);
+    if (json_is_null(claims)) {
+        /* null decodes into Go's struct as a no-op: a claim set without "sub" */
+        json_decref(claims);
+        if (!(claims = json_object()))
+            return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
     }
-
     enum iot_err rc = IOT_OK;
-    json_t *sub = json_object_get(claims, "sub");
-    json_t *tenant = json_object_get(claims, "mender.tenant");
-    if ((sub && !json_is_string(sub) && !json_is_null(sub)) ||
-        (tenant && !json_is_string(tenant) && !json_is_null(tenant))) {
+    if (!json_is_object(claims)) {
         rc = iot_error_set(err, IOT_ERR_UNAUTHORIZED,
-                           "identity: failed to decode JSON JWT claims: json: cannot unmarshal "
-                           "value into Go struct field of type string");
+                           "identity: failed to decode JSON JWT claims: json: cannot unmarshal %s "
+                           "into Go value of type identity.Identity",
+                           go_json_kind(claims));
         goto out;
     }
-    if (!json_is_string(sub) || json_string_length(sub) == 0) {
+
+    json_t *slots[CLAIM__N] = {NULL};
+    if ((rc = claims_collect(claims, slots, err)) != IOT_OK)
+        goto out;
+    json_t *sub = slots[CLAIM_SUB];
+    json_t *tenant = slots[CLAIM_TENANT];
+    if (!sub || json_string_length(sub) == 0) {
         rc = iot_error_set(err, IOT_ERR_UNAUTHORIZED, "identity: claim \"sub\" is required");
         goto out;
     }
-    if ((rc = bool_claim(claims, "mender.user", &out->is_user, err)) != IOT_OK ||
-        (rc = bool_claim(claims, "mender.device", &out->is_device, err)) != IOT_OK)
-        goto out;
+    out->is_user = json_is_true(slots[CLAIM_USER]);
+    out->is_device = json_is_true(slots[CLAIM_DEVICE]);
     out->subject = strdup(json_string_value(sub));
-    out->tenant = strdup(json_is_string(tenant) ? json_string_value(tenant) : "");
+    out->tenant = strdup(tenant ? json_string_value(tenant) : "");
     if (!out->subject || !out->tenant) {
         rc = iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
         goto out;

@@ -35,9 +35,12 @@ struct setting {
 
 static enum iot_err check_mongo_url(struct config *cfg, const char *name, struct iot_error *err)
 {
-    if (cfg->mongo_url[0] && !strstr(cfg->mongo_url, "://"))
-        return iot_error_set(err, IOT_ERR_CONFIG, "%s: Invalid mongoURL \"%s\": missing schema.",
-                             name, cfg->mongo_url);
+    if (cfg->mongo_url[0] && !strstr(cfg->mongo_url, "://")) {
+        /* Mender's text echoes the URL: keep that, but never a password in it */
+        const char *at = strrchr(cfg->mongo_url, '@');
+        return iot_error_set(err, IOT_ERR_CONFIG, "%s: Invalid mongoURL \"%s%s\": missing schema.",
+                             name, at ? "<omitted>" : "", at ? at : cfg->mongo_url);
+    }
     return IOT_OK;
 }
 
@@ -327,8 +330,10 @@ enum iot_err config_load(struct config *cfg, const char *path, bool path_explici
     for (size_t i = 0; i < N_SETTINGS; i++) {
         char name[96];
         env_name(&settings[i], name, sizeof name);
+        /* as viper: an empty variable counts as unset */
         const char *value = getenv(name);
-        if (value && (rc = setting_assign(cfg, &settings[i], value, name, err)) != IOT_OK)
+        if (value && *value &&
+            (rc = setting_assign(cfg, &settings[i], value, name, err)) != IOT_OK)
             return rc;
     }
     /* Mender's compose files use IOT_MANAGER_NATS_URI; the URL spelling is accepted too (used
