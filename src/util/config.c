@@ -332,8 +332,7 @@ enum iot_err config_load(struct config *cfg, const char *path, bool path_explici
         env_name(&settings[i], name, sizeof name);
         /* as viper: an empty variable counts as unset */
         const char *value = getenv(name);
-        if (value && *value &&
-            (rc = setting_assign(cfg, &settings[i], value, name, err)) != IOT_OK)
+        if (value && *value && (rc = setting_assign(cfg, &settings[i], value, name, err)) != IOT_OK)
             return rc;
     }
     /* Mender's compose files use IOT_MANAGER_NATS_URI; the URL spelling is accepted too (used

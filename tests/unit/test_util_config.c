@@ -394,12 +394,26 @@ struct bad_value {
     const char *rule; /* a piece of the message naming the rule */
 };
 
+/* As viper does, an empty variable counts as unset: the default (or the file's value) stays. */
+static void test_empty_env_counts_as_unset(void **state)
+{
+    struct fixture *f = *state;
+    clear_iotm_env();
+    assert_int_equal(setenv("IOT_MANAGER_EVENT_EXP_TIMEOUT", "", 1), 0);
+    assert_int_equal(setenv("IOT_MANAGER_DOMAIN_SKIPVERIFY", "", 1), 0);
+    assert_int_equal(setenv("IOT_MANAGER_LISTEN", "", 1), 0);
+    assert_int_equal(load_env_only(f), IOT_OK);
+    assert_int_equal(f->cfg.event_exp_timeout, 604800);
+    assert_false(f->cfg.domain_skipverify);
+    assert_string_equal(f->cfg.listen, ":8080");
+    clear_iotm_env();
+}
+
 static void test_bad_values_stop_loading(void **state)
 {
     struct fixture *f = *state;
     static const struct bad_value bad[] = {
         {"IOT_MANAGER_EVENT_EXP_TIMEOUT", "1w", "must be an integer from 1 to 2147483647"},
-        {"IOT_MANAGER_EVENT_EXP_TIMEOUT", "", "must be an integer"},
         {"IOT_MANAGER_EVENT_EXP_TIMEOUT", "0", "must be an integer from 1 to"},
         {"IOT_MANAGER_EVENT_EXP_TIMEOUT", "2147483648", "from 1 to 2147483647"},
         {"IOT_MANAGER_EVENT_EXP_TIMEOUT", "99999999999999999999", "must be an integer"},
@@ -416,7 +430,8 @@ static void test_bad_values_stop_loading(void **state)
         {"IOT_MANAGER_EVENT_SWEEP_INTERVAL", "86401", "from 1 to 86400"},
         {"IOT_MANAGER_DEBUG_LOG", "maybe", "must be a boolean"},
         {"IOT_MANAGER_MONGO_SSL", "2", "must be a boolean"},
-        {"IOT_MANAGER_DOMAIN_SKIPVERIFY", "", "must be a boolean"},
+        {"IOT_MANAGER_MONGO_URL", "user:pw@mender-mongo:27017",
+         "Invalid mongoURL \"<omitted>@mender-mongo:27017\": missing schema."},
         {"IOT_MANAGER_MONGO_URL", "mender-mongo:27017",
          "Invalid mongoURL \"mender-mongo:27017\": missing schema."},
         {"IOT_MANAGER_LISTEN", "8080", "must be [host]:port"},
@@ -599,6 +614,7 @@ int main(void)
         T(test_yaml_sequence_whitelist),
         T(test_yaml_empty_file_gives_defaults),
         T(test_yaml_invalid_reports_line),
+        T(test_empty_env_counts_as_unset),
         T(test_bad_values_stop_loading),
         T(test_bad_value_in_yaml_names_key),
         T(test_string_too_long),
