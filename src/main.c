@@ -19,6 +19,7 @@
 #include "iot-manager/config.h"
 #include "iot-manager/connstr.h"
 #include "iot-manager/crypto.h"
+#include "iot-manager/jwt.h"
 #include "iot-manager/log.h"
 #include "iot-manager/sas.h"
 #include "iot-manager/store.h"
@@ -151,8 +152,8 @@ static enum iot_err setup_keyring(const struct config *cfg, const char *primary_
             if (at) {
                 char rest[IOT_ERROR_MSG_MAX];
                 snprintf(rest, sizeof rest, "%s", at + strlen("encryption key"));
-                snprintf(at, sizeof err->msg - (size_t)(at - err->msg),
-                         "encryption fallback key%s", rest);
+                snprintf(at, sizeof err->msg - (size_t)(at - err->msg), "encryption fallback key%s",
+                         rest);
             }
             return rc;
         }
@@ -224,6 +225,7 @@ static int cmd_server(struct cli *cli, struct config *cfg)
     struct http_server *srv = NULL;
     struct crypto_keyring kr;
     struct app app;
+    struct jwt_keyset *jwt_keys = NULL;
 
     /* Block the signals before any thread starts, so only sigtimedwait() below sees them. */
     sigset_t sigs;
@@ -249,6 +251,15 @@ static int cmd_server(struct cli *cli, struct config *cfg)
         goto out;
     }
     app_init(&app, cfg, st, &kr);
+    if (cfg->auth_verify) {
+        if (jwt_keyset_load(cfg->jwt_keys, &jwt_keys, &err) != IOT_OK) {
+            log_error("IOT_MANAGER_JWT_KEYS: %s", err.msg);
+            code = EXIT_USAGE;
+            goto out;
+        }
+        app.jwt_keys = jwt_keys;
+        log_info("verifying JWT signatures with %zu key(s)", jwt_keyset_count(jwt_keys));
+    }
     if (api_server_start(&app, cfg, &srv, &err) != IOT_OK) {
         log_error("%s", err.msg);
         goto out;
@@ -278,6 +289,7 @@ static int cmd_server(struct cli *cli, struct config *cfg)
     code = EXIT_OK;
 out:
     http_server_stop(srv);
+    jwt_keyset_free(jwt_keys);
     store_destroy(st);
     OPENSSL_cleanse(&kr, sizeof kr);
     if (code == EXIT_OK)

@@ -11,7 +11,9 @@
 #include "iot-manager/connstr.h"
 #include "iot-manager/crypto.h"
 #include "iot-manager/error.h"
+#include "iot-manager/jwt.h"
 #include "iot-manager/model.h"
+#include "iot-manager/rbac.h"
 #include "iot-manager/store.h"
 
 #define APP_WHITELIST_MAX 64
@@ -24,6 +26,9 @@ struct app {
     const char *whitelist[APP_WHITELIST_MAX];
     size_t whitelist_len;
     struct connstr_rules connstr_rules;
+    struct rbac_policy rbac;
+    const struct jwt_keyset *jwt_keys; /* borrowed; NULL in gateway mode */
+    struct jwt_verify_options jwt_opts;
 };
 
 /* Prepares `app`; keeps pointers to cfg and store. */

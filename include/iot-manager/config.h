@@ -45,6 +45,14 @@ struct config {
     int64_t store_timeout_ms;     /* connect/selection/socket timeout towards the store */
     int64_t event_sweep_interval; /* seconds between sweeps of expired events */
     char log_level[16];
+    char auth_mode_text[16]; /* "gateway" or "verify" */
+    bool auth_verify;
+    char jwt_keys[CONFIG_LIST_MAX]; /* "kid=path ..." or one path */
+    char jwt_issuer[256];
+    int64_t jwt_leeway; /* seconds */
+    bool rbac;
+    char rbac_admin_roles[CONFIG_STR_MAX];
+    char rbac_read_roles[CONFIG_STR_MAX];
 };
 
 /* Fills `cfg` with defaults, then `path` (NULL: the default file, which may be absent; a given

@@ -8,7 +8,12 @@
 #include "iot-manager/identity.h"
 
 /* Route flags read by the before-hook. */
-#define API_AUTH_USER 0x1u /* management API: a user's JWT is required */
+#define API_AUTH_USER  0x1u /* management API: a user's JWT is required */
+#define API_PERM_READ  0x2u /* with RBAC on: a read or admin role */
+#define API_PERM_ADMIN 0x4u /* with RBAC on: an admin role */
+/* X-MEN-RBAC-Inventory-Groups limits the caller to device groups this service cannot check:
+ * with RBAC on, device-level routes refuse such callers (docs/rbac.md). */
+#define API_DEVICE_SCOPED 0x8u
 
 /* The caller's identity (management routes only). */
 const struct identity *api_identity(const struct http_request *req);

@@ -1,3 +1,4 @@
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,13 +9,15 @@
 #define MGMT     API_MANAGEMENT_PREFIX
 #define INTERNAL API_INTERNAL_PREFIX
 
+#define READ  (API_AUTH_USER | API_PERM_READ)
+#define ADMIN (API_AUTH_USER | API_PERM_ADMIN)
+
 static const struct http_route api_routes[] = {
-    {"GET", MGMT "/integrations", handle_integrations_list, API_AUTH_USER},
-    {"POST", MGMT "/integrations", handle_integration_create, API_AUTH_USER},
-    {"GET", MGMT "/integrations/{id}", handle_integration_get, API_AUTH_USER},
-    {"DELETE", MGMT "/integrations/{id}", handle_integration_delete, API_AUTH_USER},
-    {"PUT", MGMT "/integrations/{id}/credentials", handle_integration_set_credentials,
-     API_AUTH_USER},
+    {"GET", MGMT "/integrations", handle_integrations_list, READ},
+    {"POST", MGMT "/integrations", handle_integration_create, ADMIN},
+    {"GET", MGMT "/integrations/{id}", handle_integration_get, READ},
+    {"DELETE", MGMT "/integrations/{id}", handle_integration_delete, ADMIN},
+    {"PUT", MGMT "/integrations/{id}/credentials", handle_integration_set_credentials, ADMIN},
     {"GET", INTERNAL "/alive", handle_alive, 0},
     {"GET", INTERNAL "/health", handle_health, 0},
     {"DELETE", INTERNAL "/tenants/{tenant_id}", handle_tenant_delete, 0},
@@ -36,30 +39,87 @@ struct app *api_app(const struct http_request *req)
     return http_request_ctx(req);
 }
 
-/* Authentication seam: every management route passes here before its handler. */
+/* The raw token, as identity_decode() found it (header first, else the JWT cookie). */
+static const char *request_token(struct http_request *req)
+{
+    const char *auth = http_request_header(req, "Authorization");
+    if (auth && *auth) {
+        const char *space = strchr(auth, ' ');
+        return space ? space + 1 : auth;
+    }
+    return http_request_cookie(req, "JWT");
+}
+
+static bool deny_unauthorized(struct http_response *resp, const char *msg)
+{
+    http_response_header(resp, "WWW-Authenticate", "Bearer realm=\"ManagementJWT\"");
+    http_response_error(resp, 401, msg);
+    return false;
+}
+
+/* Authentication and authorisation seam: every management route passes here first. */
 static bool api_before(struct http_request *req, const struct http_route *route,
                        struct http_response *resp)
 {
     if (!(route->flags & API_AUTH_USER))
         return true;
+    struct app *app = api_app(req);
     struct identity *id = calloc(1, sizeof *id);
     if (!id) {
         http_response_error(resp, 500, "internal error");
         return false;
     }
     struct iot_error err = {0};
-    enum iot_err rc = identity_decode(http_request_header(req, "Authorization"),
-                                      http_request_cookie(req, "JWT"), id, &err);
+    const char *auth = http_request_header(req, "Authorization");
+    enum iot_err rc =
+        identity_decode(auth && *auth ? auth : NULL, http_request_cookie(req, "JWT"), id, &err);
     if (rc != IOT_OK) {
         free(id);
-        http_response_header(resp, "WWW-Authenticate", "Bearer realm=\"ManagementJWT\"");
-        http_response_error(resp, rc == IOT_ERR_UNAUTHORIZED ? 401 : 500, err.msg);
-        return false;
+        if (rc != IOT_ERR_UNAUTHORIZED) {
+            http_response_error(resp, 500, "internal error");
+            return false;
+        }
+        return deny_unauthorized(resp, err.msg);
     }
     http_request_set_user(req, id, release_identity);
     http_request_log_field(req, "tenant", id->tenant);
+
+    if (app->jwt_keys) {
+        json_t *verified = NULL;
+        rc = jwt_verify(app->jwt_keys, &app->jwt_opts, request_token(req), &verified, &err);
+        json_decref(verified);
+        if (rc != IOT_OK) {
+            log_write(LOG_LEVEL_INFO, http_request_id(req), id->tenant, "token rejected: %s",
+                      err.msg);
+            if (rc != IOT_ERR_UNAUTHORIZED) {
+                http_response_error(resp, 500, "internal error");
+                return false;
+            }
+            char msg[IOT_ERROR_MSG_MAX + 32];
+            snprintf(msg, sizeof msg, "identity: %s", err.msg);
+            return deny_unauthorized(resp, msg);
+        }
+    }
     if (!id->is_user) {
         http_response_error(resp, 403, "user identity missing from authorization token");
+        return false;
+    }
+
+    /* 403, never 401, from here on: the Mender UI logs the user out on 401 */
+    enum rbac_permission need = (route->flags & API_PERM_ADMIN) ? RBAC_ADMIN : RBAC_READ;
+    enum rbac_permission have = rbac_grant(&app->rbac, json_object_get(id->claims, "mender.roles"));
+    if (have < need) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "forbidden: this operation needs the %s permission",
+                 rbac_permission_name(need));
+        http_response_error(resp, 403, msg);
+        return false;
+    }
+    const char *groups = http_request_header(req, "X-MEN-RBAC-Inventory-Groups");
+    if (app->rbac.enabled && (route->flags & API_DEVICE_SCOPED) && groups && *groups) {
+        http_response_error(resp, 403,
+                            "forbidden: access limited to device groups, which iot-manager "
+                            "cannot check");
         return false;
     }
     return true;

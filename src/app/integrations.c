@@ -20,6 +20,10 @@ void app_init(struct app *app, const struct config *cfg, struct store *store,
         .resolve = connstr_resolve_getaddrinfo,
         .require_policy_name = true,
     };
+    rbac_policy_init(&app->rbac, cfg);
+    jwt_verify_options_init(&app->jwt_opts);
+    app->jwt_opts.issuer = cfg->jwt_issuer[0] ? cfg->jwt_issuer : NULL;
+    app->jwt_opts.leeway = (int)cfg->jwt_leeway;
 }
 
 /* The owner a secret is bound to (associated data of the AEAD). */

@@ -108,6 +108,30 @@ static enum iot_err check_deviceauth_url(struct config *cfg, const char *name,
     return IOT_OK;
 }
 
+static enum iot_err check_auth_mode(struct config *cfg, const char *name, struct iot_error *err)
+{
+    if (strcasecmp(cfg->auth_mode_text, "gateway") == 0)
+        cfg->auth_verify = false;
+    else if (strcasecmp(cfg->auth_mode_text, "verify") == 0)
+        cfg->auth_verify = true;
+    else
+        return iot_error_set(err, IOT_ERR_CONFIG,
+                             "%s: must be \"gateway\" or \"verify\" (got \"%s\")", name,
+                             cfg->auth_mode_text);
+    return IOT_OK;
+}
+
+static enum iot_err check_jwt_keys(struct config *cfg, const char *name, struct iot_error *err)
+{
+    if (cfg->auth_verify && !cfg->jwt_keys[0])
+        return iot_error_set(
+            err, IOT_ERR_CONFIG,
+            "%s: required when IOT_MANAGER_AUTH_MODE is \"verify\" (\"kid=/path/key.pem "
+            "...\" or one PEM path)",
+            name);
+    return IOT_OK;
+}
+
 static const struct setting settings[] = {
     {"listen", STR(listen), ":8080", 0, 0, false, check_listen, "HTTP listen address, [host]:port"},
     {"mongo_url", STR(mongo_url), "", 0, 0, true, check_mongo_url,
@@ -159,6 +183,20 @@ static const struct setting settings[] = {
      "Seconds between removals of expired events where no TTL index does it"},
     {"log_level", STR(log_level), "info", 0, 0, false, check_log_level,
      "debug, info, warn or error"},
+    {"auth_mode", STR(auth_mode_text), "gateway", 0, 0, false, check_auth_mode,
+     "gateway: the API gateway verified the JWT; verify: check its signature here"},
+    {"jwt_keys", STR(jwt_keys), "", 0, 0, false, check_jwt_keys,
+     "verify mode: public keys, \"kid=/path.pem ...\" (or one PEM path)"},
+    {"jwt_issuer", STR(jwt_issuer), "mender.useradm", 0, 0, false, NULL,
+     "verify mode: required \"iss\" claim (empty: not checked)"},
+    {"jwt_leeway", INT(jwt_leeway), "60", 0, 600, false, NULL,
+     "verify mode: clock skew allowed for exp/nbf/iat, seconds"},
+    {"rbac", BOOL(rbac), "false", 0, 0, false, NULL,
+     "Enforce roles from the token's mender.roles claim (docs/rbac.md)"},
+    {"rbac_admin_roles", STR(rbac_admin_roles), "RBAC_ROLE_PERMIT_ALL", 0, 0, false, NULL,
+     "Roles granted admin (space-separated)"},
+    {"rbac_read_roles", STR(rbac_read_roles), "RBAC_ROLE_OBSERVER", 0, 0, false, NULL,
+     "Roles granted read (space-separated)"},
 };
 
 #define N_SETTINGS (sizeof settings / sizeof settings[0])
