@@ -9,6 +9,7 @@ packages=(
   libmongoc-dev libbson-dev libnats-dev libsqlite3-dev libyaml-dev libjwt-dev
   libcmocka-dev nats-server openssl curl ca-certificates
   python3 python3-pytest python3-yaml python3-requests python3-jsonschema python3-pymongo
+  python3-cryptography
 )
 
 missing=()

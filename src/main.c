@@ -134,7 +134,8 @@ static void key_file_path(const struct config *cfg, char *out, size_t cap)
 
 /* Keys from the configuration; on the embedded store without a key, a generated key file. */
 static enum iot_err setup_keyring(const struct config *cfg, const char *primary_text,
-                                  const char *fallback_text, struct crypto_keyring *kr,
+                                  const char *primary_name, const char *fallback_text,
+                                  const char *fallback_name, struct crypto_keyring *kr,
                                   struct iot_error *err)
 {
     enum iot_err rc;
@@ -142,7 +143,7 @@ static enum iot_err setup_keyring(const struct config *cfg, const char *primary_
     kr->write_legacy = cfg->secrets_format == SECRETS_FORMAT_MENDER;
     if (primary_text && *primary_text) {
         if ((rc = crypto_key_parse(primary_text, &kr->primary, err)) != IOT_OK)
-            return rc;
+            return iot_error_prefix(err, "%s: ", primary_name);
         kr->has_primary = true;
     }
     if (fallback_text && *fallback_text) {
@@ -155,7 +156,7 @@ static enum iot_err setup_keyring(const struct config *cfg, const char *primary_
                 snprintf(at, sizeof err->msg - (size_t)(at - err->msg), "encryption fallback key%s",
                          rest);
             }
-            return rc;
+            return iot_error_prefix(err, "%s: ", fallback_name);
         }
         kr->has_fallback = true;
     }
@@ -235,8 +236,9 @@ static int cmd_server(struct cli *cli, struct config *cfg)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    if (setup_keyring(cfg, cfg->aes_encryption_key, cfg->aes_encryption_fallback_key, &kr, &err) !=
-        IOT_OK) {
+    if (setup_keyring(cfg, cfg->aes_encryption_key, "IOT_MANAGER_AES_ENCRYPTION_KEY",
+                      cfg->aes_encryption_fallback_key, "IOT_MANAGER_AES_ENCRYPTION_FALLBACK_KEY",
+                      &kr, &err) != IOT_OK) {
         log_error("%s", err.msg);
         code = EXIT_USAGE;
         goto out;
@@ -370,7 +372,10 @@ static int cmd_reencrypt(struct cli *cli, struct config *cfg)
     struct app app;
     int code = EXIT_FAILURE_RUNTIME;
     if (setup_keyring(cfg, to ? to : cfg->aes_encryption_key,
-                      from ? from : cfg->aes_encryption_fallback_key, &kr, &err) != IOT_OK) {
+                      to ? "--to-key" : "IOT_MANAGER_AES_ENCRYPTION_KEY",
+                      from ? from : cfg->aes_encryption_fallback_key,
+                      from ? "--from-key" : "IOT_MANAGER_AES_ENCRYPTION_FALLBACK_KEY", &kr,
+                      &err) != IOT_OK) {
         log_error("%s", err.msg);
         code = EXIT_USAGE;
         goto out;

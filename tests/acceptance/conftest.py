@@ -1,0 +1,1057 @@
+"""Acceptance-test harness for iot-manager.
+
+Runs the real binary (env IOT_MANAGER_BIN, default <repo>/build/iot-manager) on a free loopback
+port, once per test, against a fresh SQLite file or a fresh database on a MongoDB-wire server:
+IOT_MANAGER_TEST_MONGO_URL when set, else `mongod` from PATH, else FerretDB built and cached by
+scripts/build-ferretdb.sh. Every API test runs on both backends through the `backend` fixture.
+
+Every HTTP response a test receives is checked against our openapi/ specs (path, method, status,
+headers, body schema) and, where Mender's own OpenAPI file documents that status, against
+Mender's schema too. A test that hits a status our spec does not document fails.
+"""
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+import uuid
+
+import jsonschema
+import pytest
+import yaml
+
+try:  # Debian python3-pymongo; only the mongo backend needs it
+    import pymongo
+    from bson.binary import Binary
+except ImportError:  # pragma: no cover - reported by the mongo fixtures
+    pymongo = None
+    Binary = None
+
+try:  # Debian python3-cryptography; only needed to forge Mender's encrypted blobs
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    HAVE_CRYPTOGRAPHY = True
+except ImportError:  # pragma: no cover
+    HAVE_CRYPTOGRAPHY = False
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+BIN = os.environ.get("IOT_MANAGER_BIN", str(REPO / "build" / "iot-manager"))
+OUR_SPECS = [REPO / "openapi" / "management_v1.yaml", REPO / "openapi" / "internal_v1.yaml"]
+
+
+def _mender_openapi_dir():
+    candidates = [os.environ.get("IOT_MANAGER_MENDER_OPENAPI"),
+                  str(REPO.parent / "shared" / "spec" / "mender-openapi"),
+                  "/work/shared/spec/mender-openapi"]
+    for c in candidates:
+        if c and (pathlib.Path(c) / "iot-manager").is_dir():
+            return pathlib.Path(c)
+    return None
+
+
+MENDER_OPENAPI = _mender_openapi_dir()
+
+MGMT = "/api/management/v1/iot-manager"
+INTERNAL = "/api/internal/v1/iot-manager"
+
+# The acceptance-test key of Mender's own suite, and two more for rotation / wrong-key tests.
+TEST_AES_KEY = "+mg+KXQM8/7A+uqs1bJzfH0KW9NclMEVRjkmqhfpjDg="
+OTHER_AES_KEY = base64.b64encode(hashlib.sha256(b"iot-manager other key").digest()).decode()
+THIRD_AES_KEY = base64.b64encode(hashlib.sha256(b"iot-manager third key").digest()).decode()
+# Contract §6: Mender's fixed-IV blob of plaintext "secret" under TEST_AES_KEY.
+MENDER_VECTOR_BLOB = bytes.fromhex(
+    "01000102030405060708090a0b0c0d0e0f9df17603c2952a9fe6930794aa97ff5bdabed06d7fb41a388320d2"
+    "c4d5634d488e5f1ee0e8681ebb09fa2b13f3fdc2a9031646a24cca008d7ff2c7d06b50828249c7722bb3f2")
+
+WHITELIST = "localhost *.azure-devices.net *.invalid *.nonexistent.invalid"
+HUB_HOST = "localhost:8443"  # resolvable through /etc/hosts; the sandbox has no DNS
+JWT_KEY = b"secretJWTkey"  # Mender's test key; the signature is not checked in gateway mode
+
+DEFAULT_TIME_LIMIT = float(os.environ.get("IOT_MANAGER_TEST_TIMEOUT", "60"))
+ALIVE_TIMEOUT = 15.0
+
+ERROR_TOO_LARGE = "http: request body too large"
+
+
+# --------------------------------------------------------------------------------------------
+# Per-test time limit (SIGALRM; pytest-timeout is not available everywhere)
+# --------------------------------------------------------------------------------------------
+
+class TestTimeout(Exception):
+    """Raised in the main thread when a test exceeds its time limit."""
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "time_limit(seconds): per-test time limit override")
+    config.addinivalue_line("markers", "mongo_only: runs on the mongo backend only")
+    config.addinivalue_line("markers", "sqlite_only: runs on the sqlite backend only")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Drops the backend variants a test does not apply to (instead of reporting skips)."""
+    keep, drop = [], []
+    for item in items:
+        backend = getattr(item, "callspec", None) and item.callspec.params.get("backend")
+        if (backend == "sqlite" and item.get_closest_marker("mongo_only")) or (
+                backend == "mongo" and item.get_closest_marker("sqlite_only")):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(autouse=True)
+def _time_limit(request):
+    marker = request.node.get_closest_marker("time_limit")
+    limit = float(marker.args[0]) if marker else DEFAULT_TIME_LIMIT
+
+    def on_alarm(signum, frame):
+        raise TestTimeout(f"test exceeded its time limit of {limit:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def alarm_paused():
+    """Suspends the test's time limit (one-off builds, bounded process teardown)."""
+    remaining, _ = signal.setitimer(signal.ITIMER_REAL, 0)
+    try:
+        yield
+    finally:
+        if remaining:
+            signal.setitimer(signal.ITIMER_REAL, remaining)
+
+
+# --------------------------------------------------------------------------------------------
+# Small utilities
+# --------------------------------------------------------------------------------------------
+
+_PROCESSES = []  # every Popen we started, killed at session end whatever happened
+
+
+def _register(proc):
+    _PROCESSES.append(proc)
+    return proc
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for proc in _PROCESSES:
+        if proc.poll() is None:
+            proc.kill()
+            with contextlib.suppress(Exception):
+                proc.wait(5)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+def make_jwt(claims, header=None, key=JWT_KEY):
+    """header.payload.signature with base64url JSON segments, HS256 like Mender's tests."""
+    head = b64url(json.dumps(header or {"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64url(json.dumps(claims).encode())
+    sig = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64url(sig)}"
+
+
+def user_claims(tenant="", sub=None, **extra):
+    now = int(time.time())
+    claims = {"jti": str(uuid.uuid4()), "sub": str(uuid.uuid4()) if sub is None else sub, "iat": now,
+              "exp": now + 3600, "iss": "Mender", "mender.user": True, "mender.plan": "enterprise"}
+    if tenant:
+        claims["mender.tenant"] = tenant
+    claims.update(extra)
+    return claims
+
+
+def user_token(tenant="", sub=None, **extra):
+    return make_jwt(user_claims(tenant, sub, **extra))
+
+
+def device_token(tenant="", device_id=None):
+    now = int(time.time())
+    claims = {"jti": str(uuid.uuid4()), "sub": device_id or str(uuid.uuid4()), "iat": now,
+              "exp": now + 3600, "iss": "Mender", "mender.device": True}
+    if tenant:
+        claims["mender.tenant"] = tenant
+    return make_jwt(claims)
+
+
+def new_tenant():
+    """A Mender-like tenant id: 24 hex digits (a Mongo ObjectID)."""
+    return uuid.uuid4().hex[:24]
+
+
+def conn_str(key, host=HUB_HOST, name="iothubowner", extra=""):
+    """A service connection string; `key` is raw bytes or an already-encoded string."""
+    key_text = key if isinstance(key, str) else b64(key)
+    parts = [f"HostName={host}"] if host is not None else []
+    if name is not None:
+        parts.append(f"SharedAccessKeyName={name}")
+    parts.append(f"SharedAccessKey={key_text}")
+    return ";".join(parts) + extra
+
+
+def masked_key(key):
+    return b64(key[:3]) + "...<omitted>"
+
+
+def masked_conn_str(key, host=HUB_HOST, name="iothubowner", device_id=None):
+    parts = [f"HostName={host}"]
+    if name:
+        parts.append(f"SharedAccessKeyName={name}")
+    if device_id:
+        parts.append(f"DeviceId={device_id}")
+    parts.append(f"SharedAccessKey={masked_key(key)}")
+    return ";".join(parts)
+
+
+def sas_integration(key=None, description=None, cs=None, provider="iot-hub", ctype="sas"):
+    body = {"provider": provider,
+            "credentials": {"type": ctype,
+                            "connection_string": cs if cs is not None else conn_str(key)}}
+    if description is not None:
+        body["description"] = description
+    return body
+
+
+def random_key(n=32):
+    return os.urandom(n)
+
+
+def mender_encrypt(key_b64, plaintext, iv=None):
+    """Mender's AES_256_CFB_HMAC_SHA512 blob: 0x01 || IV || AES-256-CFB128(P) || HMAC-SHA512(P)."""
+    key = base64.b64decode(key_b64)
+    iv = iv if iv is not None else os.urandom(16)
+    if not HAVE_CRYPTOGRAPHY:
+        pytest.skip("python3-cryptography is needed to forge Mender's encrypted blobs")
+    enc = Cipher(algorithms.AES(key), modes.CFB(iv)).encryptor()
+    ct = enc.update(plaintext) + enc.finalize()
+    return b"\x01" + iv + ct + hmac.new(key, plaintext, hashlib.sha512).digest()
+
+
+def mender_decrypt(key_b64, blob):
+    """Inverse of mender_encrypt; raises AssertionError when the MAC does not match."""
+    key = base64.b64decode(key_b64)
+    assert blob[0] == 1 and len(blob) >= 81, "not a Mender encrypted blob"
+    if not HAVE_CRYPTOGRAPHY:
+        pytest.skip("python3-cryptography is needed to open Mender's encrypted blobs")
+    iv, ct, mac = blob[1:17], blob[17:-64], blob[-64:]
+    dec = Cipher(algorithms.AES(key), modes.CFB(iv)).decryptor()
+    plain = dec.update(ct) + dec.finalize()
+    assert hmac.compare_digest(hmac.new(key, plain, hashlib.sha512).digest(), mac), "HMAC mismatch"
+    return plain
+
+
+# --------------------------------------------------------------------------------------------
+# OpenAPI response checking
+# --------------------------------------------------------------------------------------------
+
+_YAML_CACHE = {}
+
+
+def _load_yaml(path):
+    path = os.path.normpath(str(path))
+    if path not in _YAML_CACHE:
+        with open(path, encoding="utf-8") as f:
+            _YAML_CACHE[path] = yaml.safe_load(f)
+    return _YAML_CACHE[path]
+
+
+def _resolve(node, base, stack=()):
+    """Inlines every $ref (local or relative-file) and turns mapping keys into strings."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            file_part, _, fragment = node["$ref"].partition("#")
+            target = base if not file_part else os.path.normpath(
+                os.path.join(os.path.dirname(base), file_part))
+            key = (target, fragment)
+            if key in stack:
+                raise ValueError(f"cyclic $ref {node['$ref']} in {base}")
+            doc = _load_yaml(target)
+            for token in [t for t in fragment.split("/") if t]:
+                token = token.replace("~1", "/").replace("~0", "~")
+                doc = doc[token] if token in doc else doc[int(token)]
+            return _resolve(doc, target, stack + (key,))
+        return {str(k): _resolve(v, base, stack) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve(v, base, stack) for v in node]
+    return node
+
+
+def oas_to_jsonschema(schema):
+    """OpenAPI 3.0 schema object -> JSON Schema (draft 4 + nullable)."""
+    if isinstance(schema, list):
+        return [oas_to_jsonschema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in ("discriminator", "example", "examples", "xml", "externalDocs", "deprecated",
+                   "nullable", "readOnly", "writeOnly"):
+            continue
+        if key in ("properties", "patternProperties"):
+            out[key] = {name: oas_to_jsonschema(s) for name, s in value.items()}
+        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
+            out[key] = oas_to_jsonschema(value)
+        elif key in ("allOf", "anyOf", "oneOf"):
+            out[key] = [oas_to_jsonschema(s) for s in value]
+        else:
+            out[key] = value
+    if schema.get("nullable"):
+        return {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+class OpenApiSet:
+    """Path templates of one or more OpenAPI files, with every $ref inlined."""
+
+    def __init__(self, files):
+        self.files = [str(f) for f in files]
+        self.paths = []  # (regex, template, path item)
+        self.docs = {}
+        for f in self.files:
+            doc = _resolve(_load_yaml(f), os.path.normpath(f))
+            self.docs[f] = doc
+            for template, item in (doc.get("paths") or {}).items():
+                pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]*", re.escape(template)) + "$"
+                self.paths.append((re.compile(pattern), template, item))
+        # Fewer parameters first, so a literal segment wins over a template.
+        self.paths.sort(key=lambda p: p[1].count("{"))
+
+    def find(self, path):
+        for regex, template, item in self.paths:
+            if regex.match(path):
+                return template, item
+        return None
+
+
+class ResponseChecker:
+    def __init__(self):
+        for f in OUR_SPECS:
+            assert f.is_file(), f"missing our OpenAPI spec {f}"
+        self.ours = OpenApiSet(OUR_SPECS)
+        mender_files = []
+        if MENDER_OPENAPI is not None:
+            mender_files = sorted((MENDER_OPENAPI / "iot-manager").glob("*.yaml"))
+        self.mender = OpenApiSet(mender_files)
+        mgmt = self.ours.docs[str(OUR_SPECS[0])]
+        self.error_schema = mgmt["components"]["schemas"]["Error"]
+        self._validators = {}
+
+    def _validate(self, schema, instance, where):
+        key = json.dumps(schema, sort_keys=True)
+        validator = self._validators.get(key)
+        if validator is None:
+            js = oas_to_jsonschema(schema)
+            jsonschema.Draft4Validator.check_schema(js)
+            validator = jsonschema.Draft4Validator(js, format_checker=jsonschema.FormatChecker())
+            self._validators[key] = validator
+        errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.path))
+        if errors:
+            details = "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
+            raise AssertionError(f"{where}: body does not match the schema: {details}\n"
+                                 f"body: {json.dumps(instance)[:2000]}")
+
+    def _check_against(self, spec_response, resp, where, strict):
+        content = spec_response.get("content") or {}
+        if strict:
+            for name, header in (spec_response.get("headers") or {}).items():
+                value = resp.header(name)
+                if header.get("required"):
+                    assert value is not None, f"{where}: required header {name} missing"
+                enum = (header.get("schema") or {}).get("enum")
+                if value is not None and enum:
+                    assert value in enum, f"{where}: header {name}={value!r} not in {enum}"
+        if not content:
+            if strict:
+                assert resp.body == b"", f"{where}: body must be empty, got {resp.body[:200]!r}"
+            return
+        if not resp.body and not strict:
+            return
+        media = content.get("application/json")
+        assert media is not None, f"{where}: only application/json bodies are documented"
+        ctype = resp.header("Content-Type") or ""
+        assert ctype.startswith("application/json"), f"{where}: Content-Type is {ctype!r}"
+        try:
+            instance = json.loads(resp.body)
+        except ValueError as e:
+            raise AssertionError(f"{where}: body is not JSON ({e}): {resp.body[:200]!r}")
+        if "schema" in media:
+            self._validate(media["schema"], instance, where)
+
+    def check(self, method, path, resp):
+        path_only = path.split("?", 1)[0]
+        assert resp.header("X-MEN-RequestID"), f"{method} {path}: no X-MEN-RequestID header"
+        found = self.ours.find(path_only)
+        if found is None:
+            assert resp.status == 404, f"{method} {path}: unknown path answered {resp.status}"
+            self._check_against({"content": {"application/json": {"schema": self.error_schema}}},
+                                resp, f"{method} {path} 404", strict=True)
+            return
+        template, item = found
+        op = item.get(method.lower())
+        if op is None:
+            assert resp.status == 405, f"{method} {template}: undocumented method answered {resp.status}"
+            self._check_against({"content": {"application/json": {"schema": self.error_schema}}},
+                                resp, f"{method} {template} 405", strict=True)
+            return
+        responses = op.get("responses") or {}
+        spec_response = (responses.get(str(resp.status)) or responses.get(f"{resp.status // 100}XX")
+                         or responses.get("default"))
+        assert spec_response is not None, (
+            f"{method} {template}: status {resp.status} is not documented in openapi/ "
+            f"(body {resp.body[:300]!r})")
+        self._check_against(spec_response, resp, f"ours {method} {template} {resp.status}", strict=True)
+        mender_found = self.mender.find(path_only)
+        if mender_found:
+            mender_op = mender_found[1].get(method.lower())
+            if mender_op:
+                mender_resp = (mender_op.get("responses") or {}).get(str(resp.status))
+                if mender_resp:
+                    self._check_against(mender_resp, resp,
+                                        f"mender {method} {template} {resp.status}", strict=False)
+
+
+_CHECKER = None
+
+
+def response_checker():
+    global _CHECKER
+    if _CHECKER is None:
+        _CHECKER = ResponseChecker()
+    return _CHECKER
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP client
+# --------------------------------------------------------------------------------------------
+
+_NOTHING = object()
+
+
+class Response:
+    def __init__(self, status, reason, headers, body):
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # http.client.HTTPMessage: case-insensitive
+        self.body = body
+
+    def header(self, name):
+        return self.headers.get(name)
+
+    def json(self):
+        return json.loads(self.body)
+
+    @property
+    def error(self):
+        return self.json()["error"]
+
+    def __repr__(self):
+        return f"<Response {self.status} {self.body[:300]!r}>"
+
+
+class ApiClient:
+    def __init__(self, host, port, checker):
+        self.host = host
+        self.port = port
+        self.checker = checker
+        self.history = []  # (method, path, Response) of every call, for secret scans
+
+    def request(self, method, path, json_body=_NOTHING, body=None, headers=None, token=None,
+                check=True, timeout=20):
+        h = dict(headers or {})
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        if json_body is not _NOTHING:
+            body = json.dumps(json_body).encode()
+            h.setdefault("Content-Type", "application/json")
+        if isinstance(body, str):
+            body = body.encode()
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=h)
+            r = conn.getresponse()
+            resp = Response(r.status, r.reason, r.headers, r.read())
+        finally:
+            conn.close()
+        self.history.append((method, path, resp))
+        if check:
+            self.checker.check(method, path, resp)
+        return resp
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, json_body=_NOTHING, **kw):
+        return self.request("POST", path, json_body=json_body, **kw)
+
+    def put(self, path, json_body=_NOTHING, **kw):
+        return self.request("PUT", path, json_body=json_body, **kw)
+
+    def patch(self, path, json_body=_NOTHING, **kw):
+        return self.request("PATCH", path, json_body=json_body, **kw)
+
+    def delete(self, path, json_body=_NOTHING, **kw):
+        return self.request("DELETE", path, json_body=json_body, **kw)
+
+
+class User:
+    """A logged-in Mender UI user of one tenant, calling the management API like the UI."""
+
+    def __init__(self, api, tenant=""):
+        self.api = api
+        self.tenant = tenant
+        self.token = user_token(tenant)
+
+    def list(self):
+        return self.api.get(f"{MGMT}/integrations", token=self.token)
+
+    def listed(self):
+        r = self.list()
+        assert r.status == 200, r
+        return r.json()
+
+    def create(self, body):
+        return self.api.post(f"{MGMT}/integrations", body, token=self.token)
+
+    def create_raw(self, raw, content_type="application/json"):
+        return self.api.post(f"{MGMT}/integrations", body=raw, token=self.token,
+                             headers={"Content-Type": content_type})
+
+    def create_hub(self, key, **kw):
+        r = self.create(sas_integration(key, **kw))
+        assert r.status == 201, r
+        location = r.header("Location")
+        prefix = f"{MGMT}/integrations/"
+        assert location and location.startswith(prefix), location
+        return location[len(prefix):]
+
+    def get(self, iid):
+        return self.api.get(f"{MGMT}/integrations/{iid}", token=self.token)
+
+    def delete(self, iid, body=_NOTHING):
+        return self.api.delete(f"{MGMT}/integrations/{iid}", body, token=self.token)
+
+    def set_credentials(self, iid, creds):
+        return self.api.put(f"{MGMT}/integrations/{iid}/credentials", creds, token=self.token)
+
+    def set_credentials_raw(self, iid, raw):
+        return self.api.put(f"{MGMT}/integrations/{iid}/credentials", body=raw, token=self.token,
+                            headers={"Content-Type": "application/json"})
+
+
+class _Headers(dict):
+    """Lower-cased header map with a case-insensitive get()."""
+
+    def get(self, name, default=None):
+        return super().get(name.lower(), default)
+
+
+def raw_http(port, data, timeout=10, chunks=None, pause=0.0):
+    """Sends raw bytes (optionally in several writes) and returns the Response."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        pieces = chunks if chunks is not None else [data]
+        for i, piece in enumerate(pieces):
+            try:
+                s.sendall(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if pause and i + 1 < len(pieces):
+                time.sleep(pause)
+        return read_http_response(s)
+
+
+def read_http_response(s):
+    buf = b""
+    try:
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except ConnectionResetError:
+        pass
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines and lines[0].startswith("HTTP/1."), f"no HTTP response: {buf[:200]!r}"
+    status = int(lines[0].split()[1])
+    headers = _Headers()
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    length = int(headers.get("content-length", "0") or 0)
+    try:
+        while len(rest) < length:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+    except ConnectionResetError:
+        pass
+    return Response(status, lines[0], headers, rest[:length])
+
+
+# --------------------------------------------------------------------------------------------
+# MongoDB-wire server
+# --------------------------------------------------------------------------------------------
+
+def _ferretdb_binary():
+    script = REPO / "scripts" / "build-ferretdb.sh"
+    with alarm_paused():  # the first build takes minutes; it is cached afterwards
+        out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        pytest.fail(f"build-ferretdb.sh failed: {out.stderr[-2000:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+class MongoServer:
+    """A MongoDB-wire server for the tests: external URL, local mongod or local FerretDB."""
+
+    def __init__(self, url, kind, proc=None, datadir=None, argv=None, port=None, log=None):
+        self.url = url
+        self.kind = kind
+        self.proc = proc
+        self.datadir = datadir
+        self.argv = argv
+        self.port = port
+        self.log = log
+        self._client = None
+
+    @classmethod
+    def external(cls, url):
+        server = cls(url, "external")
+        server.wait_ready()
+        return server
+
+    @classmethod
+    def start_local(cls, workdir, prefer_ferretdb=False):
+        workdir = pathlib.Path(workdir)
+        datadir = workdir / "mongo-data"
+        datadir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        mongod = shutil.which("mongod")
+        if mongod and not prefer_ferretdb:
+            argv = [mongod, "--dbpath", str(datadir), "--port", str(port), "--bind_ip", "127.0.0.1"]
+            kind = "mongod"
+        else:
+            argv = [_ferretdb_binary(), "--handler=sqlite", f"--sqlite-url=file:{datadir}/",
+                    f"--listen-addr=127.0.0.1:{port}", "--state-dir=-", "--debug-addr=-",
+                    "--telemetry=disable", "--log-level=warn"]
+            kind = "ferretdb"
+        url = f"mongodb://127.0.0.1:{port}/?serverSelectionTimeoutMS=2000"
+        server = cls(url, kind, datadir=datadir, argv=argv, port=port, log=workdir / f"{kind}.log")
+        server.start()
+        return server
+
+    def start(self):
+        assert self.argv, "an external server cannot be started"
+        logf = open(self.log, "ab")
+        self.proc = _register(subprocess.Popen(self.argv, stdout=logf, stderr=logf,
+                                               stdin=subprocess.DEVNULL, start_new_session=True))
+        logf.close()
+        self.wait_ready()
+
+    def stop(self, grace=1.0):
+        """Stops the server; committed data survives (an outage, not a wipe)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def wait_ready(self, timeout=30):
+        def ping():
+            if self.proc is not None and self.proc.poll() is not None:
+                log = self.log.read_text(errors="replace")[-2000:] if self.log else ""
+                raise AssertionError(f"{self.kind} exited with {self.proc.returncode}: {log}")
+            try:
+                self.client().admin.command("ping")
+                return True
+            except Exception:
+                return False
+
+        wait_until(ping, timeout, interval=0.1, what=f"{self.kind} at {self.url}")
+
+    def client(self):
+        _require_pymongo()
+        if self._client is None:
+            # 'unspecified': UUIDs come back as Binary with their subtype, so layout checks see it.
+            self._client = pymongo.MongoClient(self.url, uuidRepresentation="unspecified",
+                                               serverSelectionTimeoutMS=3000)
+        return self._client
+
+    def is_ferretdb(self):
+        if self.kind == "ferretdb":
+            return True
+        try:
+            return "ferretdbVersion" in self.client().admin.command("buildInfo")
+        except Exception:
+            return False
+
+
+def _require_pymongo():
+    # Failing (not skipping) keeps a run without pymongo from passing with no MongoDB test run.
+    if pymongo is None:
+        pytest.fail("python3-pymongo is required for the mongo backend "
+                    "(apt-get install python3-pymongo, or pip install -r requirements.txt); "
+                    "deselect with -k 'not mongo' to run the SQLite tests only")
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory):
+    _require_pymongo()
+    url = os.environ.get("IOT_MANAGER_TEST_MONGO_URL")
+    if url:
+        yield MongoServer.external(url)
+        return
+    server = MongoServer.start_local(tmp_path_factory.mktemp("mongo"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def dedicated_mongo(tmp_path):
+    """A MongoDB-wire server of the test's own, which the test may stop and restart."""
+    _require_pymongo()
+    server = MongoServer.start_local(tmp_path / "dedicated")
+    yield server
+    with alarm_paused():
+        server.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# The service under test
+# --------------------------------------------------------------------------------------------
+
+class Service:
+    """One iot-manager process (restartable) on a fixed loopback port with its own store."""
+
+    def __init__(self, backend, workdir, mongo=None, env=None, dbname=None):
+        self.backend = backend
+        self.workdir = pathlib.Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.mongo = mongo
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.sqlite_path = self.workdir / "iot-manager.db"
+        self.dbname = dbname or f"iotm_test_{uuid.uuid4().hex[:12]}"
+        self.log_path = self.workdir / "iot-manager.stderr.log"
+        self.stdout_path = self.workdir / "iot-manager.stdout.log"
+        self.proc = None
+        self.log_offset = 0
+        self.checker = response_checker()
+        self.api = ApiClient("127.0.0.1", self.port, self.checker)
+        self.env = self.default_env()
+        self.env.update({k: v for k, v in (env or {}).items() if v is not None})
+        for k, v in (env or {}).items():
+            if v is None:
+                self.env.pop(k, None)
+        self.args = ["server"]
+
+    def default_env(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_MANAGER_")}
+        env.update({
+            "IOT_MANAGER_LISTEN": f"127.0.0.1:{self.port}",
+            "IOT_MANAGER_DOMAIN_WHITELIST": WHITELIST,
+            "IOT_MANAGER_AES_ENCRYPTION_KEY": TEST_AES_KEY,
+        })
+        if self.backend == "sqlite":
+            env["IOT_MANAGER_SQLITE_PATH"] = str(self.sqlite_path)
+        else:
+            env["IOT_MANAGER_MONGO_URL"] = self.mongo.url
+            env["IOT_MANAGER_MONGO_DBNAME"] = self.dbname
+        return env
+
+    # ---- process control
+
+    def start(self, args=None, env=None, wait=True):
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        if not os.access(BIN, os.X_OK):
+            pytest.fail(f"no iot-manager binary at {BIN}: build it (cmake --build build "
+                        f"--target iot-manager) or set IOT_MANAGER_BIN")
+        if args is not None:
+            self.args = list(args)
+        if env is not None:
+            self.set_env(env)
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        out = open(self.stdout_path, "ab")
+        err = open(self.log_path, "ab")
+        self.proc = _register(subprocess.Popen([BIN, *self.args], env=self.env, stdout=out,
+                                               stderr=err, stdin=subprocess.DEVNULL,
+                                               start_new_session=True))
+        out.close()
+        err.close()
+        if wait:
+            self.wait_alive()
+        return self
+
+    def set_env(self, env):
+        for k, v in env.items():
+            if v is None:
+                self.env.pop(k, None)
+            else:
+                self.env[k] = v
+
+    def wait_alive(self, timeout=ALIVE_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"iot-manager exited with {self.proc.returncode} before "
+                                     f"answering /alive:\n{self.log_tail()}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", f"{INTERNAL}/alive")
+                status = conn.getresponse().status
+                conn.close()
+                if status == 204:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"iot-manager did not answer /alive within {timeout:.0f} s:\n"
+                                     f"{self.log_tail()}")
+            time.sleep(0.02)
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        """Signals the process and waits; returns its exit code (killed after `timeout`)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError(f"iot-manager did not exit within {timeout} s of {sig!r}")
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def restart(self, env=None, args=None):
+        code = self.stop()
+        assert code == 0, f"iot-manager exited with {code} on SIGTERM:\n{self.log_tail()}"
+        return self.start(args=args, env=env)
+
+    def wait_exit(self, timeout=15):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"iot-manager still running after {timeout} s:\n{self.log_tail()}")
+
+    def cli(self, *args, env=None, timeout=30):
+        """Runs a one-shot subcommand (migrate, re-encrypt, version...) with the service's env."""
+        run_env = dict(self.env)
+        for k, v in (env or {}).items():
+            if v is None:
+                run_env.pop(k, None)
+            else:
+                run_env[k] = v
+        return subprocess.run([BIN, *args], env=run_env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    # ---- logs
+
+    def log_text(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, n=4000):
+        return self.log_text()[-n:]
+
+    def log_lines(self):
+        return [line for line in self.log_text().splitlines() if line.strip()]
+
+    # ---- API
+
+    def user(self, tenant=""):
+        return User(self.api, tenant)
+
+    # ---- direct store access (layout checks, linking devices as provisioning would)
+
+    @property
+    def db(self):
+        assert self.backend == "mongo"
+        return self.mongo.client()[self.dbname]
+
+    def sqlite(self):
+        assert self.backend == "sqlite"
+        con = sqlite3.connect(str(self.sqlite_path), timeout=5)
+        return con
+
+    def link_device(self, tenant, device_id, integration_id):
+        iid = uuid.UUID(integration_id)
+        if self.backend == "mongo":
+            self.db.devices.update_one({"_id": device_id, "tenant_id": tenant},
+                                       {"$addToSet": {"integration_ids": Binary(iid.bytes, 4)}},
+                                       upsert=True)
+        else:
+            with contextlib.closing(self.sqlite()) as con, con:
+                con.execute("INSERT OR IGNORE INTO devices(tenant_id, id) VALUES (?, ?)",
+                            (tenant, device_id))
+                con.execute("INSERT INTO device_integrations(tenant_id, device_id, integration_id)"
+                            " VALUES (?, ?, ?)", (tenant, device_id, iid.bytes))
+
+    def unlink_device(self, tenant, device_id):
+        if self.backend == "mongo":
+            self.db.devices.delete_one({"_id": device_id, "tenant_id": tenant})
+        else:
+            with contextlib.closing(self.sqlite()) as con, con:
+                con.execute("DELETE FROM device_integrations WHERE tenant_id = ? AND device_id = ?",
+                            (tenant, device_id))
+                con.execute("DELETE FROM devices WHERE tenant_id = ? AND id = ?", (tenant, device_id))
+
+    def stored_counts(self):
+        """Records per collection/table that hold tenant data (migration bookkeeping excluded)."""
+        counts = {}
+        if self.backend == "mongo":
+            for name in self.db.list_collection_names():
+                if name != "migration_info":
+                    counts[name] = self.db[name].count_documents({})
+            return counts
+        if not self.sqlite_path.exists():
+            return counts
+        with contextlib.closing(self.sqlite()) as con:
+            tables = [r[0] for r in con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+            for t in tables:
+                cols = [r[1] for r in con.execute(f'PRAGMA table_info("{t}")')]
+                if "tenant_id" in cols:
+                    counts[t] = con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
+        return counts
+
+    def snapshot(self):
+        """Every stored record of tenant data, in a comparable form."""
+        snap = {}
+        if self.backend == "mongo":
+            for name in sorted(self.db.list_collection_names()):
+                if name != "migration_info":
+                    snap[name] = sorted(repr(sorted(d.items())) for d in self.db[name].find())
+            return snap
+        with contextlib.closing(self.sqlite()) as con:
+            tables = [r[0] for r in con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+            for t in sorted(tables):
+                cols = [r[1] for r in con.execute(f'PRAGMA table_info("{t}")')]
+                if "tenant_id" in cols:
+                    snap[t] = sorted(repr(r) for r in con.execute(f'SELECT * FROM "{t}"'))
+        return snap
+
+    def check(self, method, path, resp):
+        """Validates a response obtained outside ApiClient (raw sockets) against the specs."""
+        self.checker.check(method, path, resp)
+        return resp
+
+    def assert_nothing_stored(self):
+        counts = self.stored_counts()
+        assert all(v == 0 for v in counts.values()), f"records were stored: {counts}"
+
+    def assert_secret_absent(self, *secrets):
+        """No response (body or header) and no log line carries any of `secrets`."""
+        secrets = [s for s in secrets if s]
+        for method, path, resp in self.api.history:
+            blob = resp.body.decode("utf-8", "replace") + "\n" + "\n".join(
+                f"{k}: {v}" for k, v in resp.headers.items())
+            for s in secrets:
+                assert s not in blob, f"secret leaked in the response to {method} {path}"
+        log = self.log_text() + (self.stdout_path.read_text(errors="replace")
+                                 if self.stdout_path.exists() else "")
+        for s in secrets:
+            assert s not in log, "secret leaked in the service's output"
+
+    def close(self):
+        with alarm_paused():
+            self.kill()
+            running = self.mongo is not None and (self.mongo.kind == "external"
+                                                   or self.mongo.proc is not None)
+            if self.backend == "mongo" and running:
+                with contextlib.suppress(Exception):
+                    self.mongo.client().drop_database(self.dbname)
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+def backend(request):
+    if request.param == "sqlite" and request.node.get_closest_marker("mongo_only"):
+        pytest.skip("MongoDB layout only")
+    if request.param == "mongo" and request.node.get_closest_marker("sqlite_only"):
+        pytest.skip("embedded store only")
+    return request.param
+
+
+@pytest.fixture
+def service_factory(request, backend, tmp_path):
+    """make(env=None, start=True, args=None, workdir=None, mongo=None, dbname=None) -> Service.
+
+    `env` values of None remove the variable. Every Service made is killed at the end."""
+    made = []
+
+    def make(env=None, start=True, args=None, workdir=None, mongo=None, dbname=None):
+        server = mongo
+        if backend == "mongo" and server is None:
+            server = request.getfixturevalue("mongo_server")
+        svc = Service(backend, workdir or tmp_path / f"svc{len(made)}", mongo=server, env=env,
+                      dbname=dbname)
+        made.append(svc)
+        if start:
+            svc.start(args=args)
+        return svc
+
+    yield make
+    for svc in made:
+        svc.close()
+
+
+@pytest.fixture
+def service(service_factory):
+    return service_factory()
