@@ -7,7 +7,7 @@ packages=(
   build-essential cmake pkg-config clang-format
   libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libssl-dev
   libmongoc-dev libbson-dev libnats-dev libsqlite3-dev libyaml-dev libjwt-dev
-  libcmocka-dev nats-server openssl curl ca-certificates
+  libcmocka-dev nats-server openssl curl ca-certificates wrk jq
   python3 python3-pytest python3-yaml python3-requests python3-jsonschema python3-pymongo
   python3-cryptography
 )
