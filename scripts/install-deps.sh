@@ -8,6 +8,7 @@ packages=(
   libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libssl-dev
   libmongoc-dev libbson-dev libnats-dev libsqlite3-dev libyaml-dev libjwt-dev
   libcmocka-dev nats-server openssl curl ca-certificates wrk jq
+  docker-compose shellcheck busybox
   python3 python3-pytest python3-yaml python3-requests python3-jsonschema python3-pymongo
   python3-cryptography
 )
@@ -18,6 +19,12 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
+
+# npm (static checks of the Dockerfile) comes with Node.js on most machines; Debian's package
+# conflicts with other Node.js builds, so it is installed only when there is no npm at all.
+if ! command -v npm >/dev/null 2>&1; then
+  missing+=(npm)
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
   exit 0

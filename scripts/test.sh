@@ -21,6 +21,10 @@ if [ "${#c_files[@]}" -gt 0 ]; then
   clang-format --dry-run -Werror "${c_files[@]}"
 fi
 
+step "container files (static: no Docker engine here) and the device-side script"
+bash scripts/check-docker.sh
+bash tests/device/test_apply_script.sh
+
 step "build"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs"
