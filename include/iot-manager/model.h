@@ -4,6 +4,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
 #include "iot-manager/error.h"
 #include "iot-manager/secret.h"
 #include "iot-manager/uuid.h"
@@ -55,6 +57,49 @@ struct integration_list {
     size_t len;
 };
 
+/* A Mender device's record: which integrations it was provisioned to. */
+struct device_record {
+    char *tenant_id;              /* owned */
+    char *id;                     /* Mender device id; owned */
+    struct uuid *integration_ids; /* owned array */
+    size_t n_integrations;
+};
+
+struct device_list {
+    struct device_record *items; /* owned array */
+    size_t len;
+};
+
+/* Delivery outcome of an event for one integration (Mender's `status` array of the log). */
+struct delivery_status {
+    struct uuid integration_id;
+    bool success;
+    char *error;     /* owned; NULL when none */
+    int status_code; /* 0 when none */
+};
+
+/* An entry of the event log (Mender's `log` collection). */
+struct event_record {
+    struct uuid id;
+    char *tenant_id; /* owned */
+    char *type;      /* "device-provisioned", "device-status-changed", "device-decommissioned" */
+    json_t *data;    /* owned reference: {"id", "status"?, "auth_sets"?, "created_ts"?} */
+    int64_t event_ts_ms;
+    int64_t expire_ts_ms;
+    struct delivery_status *statuses; /* owned array */
+    size_t n_statuses;
+};
+
+struct event_list {
+    struct event_record *items; /* owned array */
+    size_t len;
+};
+
+void device_record_clear(struct device_record *d);
+void device_list_clear(struct device_list *list);
+void event_record_clear(struct event_record *ev);
+void event_list_clear(struct event_list *list);
+
 /* "iot-hub", "iot-core", "webhook" / "sas", "aws", "http". */
 const char *provider_name(enum provider p);
 bool provider_parse(const char *text, enum provider *out);
@@ -72,6 +117,7 @@ enum iot_err credentials_copy(struct credentials *dst, const struct credentials 
 /* Calls `fn` on each secret of the credentials of the given type (1 for sas/aws, 0 or 1 for
  * http). Stops and returns the first error. */
 enum iot_err credentials_for_each_secret(struct credentials *c,
-                                         enum iot_err (*fn)(struct secret *s, void *ctx), void *ctx);
+                                         enum iot_err (*fn)(struct secret *s, void *ctx),
+                                         void *ctx);
 
 #endif

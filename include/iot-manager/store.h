@@ -34,8 +34,8 @@ struct store_ops {
                                                 const struct uuid *id,
                                                 const struct credentials *creds,
                                                 struct iot_error *err);
-    enum iot_err (*integration_delete)(struct store *st, const char *tenant,
-                                       const struct uuid *id, struct iot_error *err);
+    enum iot_err (*integration_delete)(struct store *st, const char *tenant, const struct uuid *id,
+                                       struct iot_error *err);
     enum iot_err (*integrations_for_each)(struct store *st,
                                           enum iot_err (*fn)(struct integration *in, void *ctx),
                                           void *ctx, struct iot_error *err);
@@ -45,6 +45,24 @@ struct store_ops {
     enum iot_err (*tenant_delete)(struct store *st, const char *tenant, struct iot_error *err);
     enum iot_err (*events_expire)(struct store *st, int64_t now_ms, int64_t *removed,
                                   struct iot_error *err);
+    enum iot_err (*device_get)(struct store *st, const char *tenant, const char *device_id,
+                               struct device_record *out, struct iot_error *err);
+    enum iot_err (*device_link)(struct store *st, const char *tenant, const char *device_id,
+                                const struct uuid *integration_id, struct iot_error *err);
+    enum iot_err (*device_unlink)(struct store *st, const char *tenant, const char *device_id,
+                                  const struct uuid *integration_id, struct iot_error *err);
+    enum iot_err (*device_delete)(struct store *st, const char *tenant, const char *device_id,
+                                  struct iot_error *err);
+    enum iot_err (*devices_page)(struct store *st, const char *after_tenant, const char *after_id,
+                                 size_t limit, struct device_list *out, struct iot_error *err);
+    enum iot_err (*integration_unlink_all)(struct store *st, const char *tenant,
+                                           const struct uuid *integration_id,
+                                           struct iot_error *err);
+    enum iot_err (*event_insert)(struct store *st, const struct event_record *ev,
+                                 struct iot_error *err);
+    enum iot_err (*events_list)(struct store *st, const char *tenant,
+                                const struct uuid *integration_id, int64_t skip, int64_t limit,
+                                struct event_list *out, struct iot_error *err);
     void (*destroy)(struct store *st);
 };
 
@@ -54,13 +72,13 @@ struct store {
 };
 
 struct store_mongo_options {
-    const char *url;     /* mongodb://... ; must contain "://" */
-    const char *dbname;  /* default "iot_manager" */
-    const char *username;/* override URL credentials when set */
+    const char *url;      /* mongodb://... ; must contain "://" */
+    const char *dbname;   /* default "iot_manager" */
+    const char *username; /* override URL credentials when set */
     const char *password;
     bool ssl;
     bool ssl_skipverify;
-    int timeout_ms;      /* server selection / connect / socket timeout */
+    int timeout_ms; /* server selection / connect / socket timeout */
 };
 
 struct store_sqlite_options {
@@ -112,6 +130,35 @@ enum iot_err store_tenant_delete(struct store *st, const char *tenant, struct io
 /* Removes events whose expiry is before `now_ms` (where no TTL index does it). */
 enum iot_err store_events_expire(struct store *st, int64_t now_ms, int64_t *removed,
                                  struct iot_error *err);
+/* The device's record (NOT_FOUND "device not found" when there is none). `out` caller-owned. */
+enum iot_err store_device_get(struct store *st, const char *tenant, const char *device_id,
+                              struct device_record *out, struct iot_error *err);
+/* Creates the record if needed and adds the integration to it (idempotent, as Mender's
+ * $addToSet upsert). */
+enum iot_err store_device_link(struct store *st, const char *tenant, const char *device_id,
+                               const struct uuid *integration_id, struct iot_error *err);
+/* Removes one integration from the device's record (the record stays, possibly empty).
+ * Idempotent: an unknown device or integration is not an error. */
+enum iot_err store_device_unlink(struct store *st, const char *tenant, const char *device_id,
+                                 const struct uuid *integration_id, struct iot_error *err);
+/* Removes the device's record (decommission, or DELETE /devices/{id}); NOT_FOUND when absent. */
+enum iot_err store_device_delete(struct store *st, const char *tenant, const char *device_id,
+                                 struct iot_error *err);
+/* Every tenant's device records in (tenant_id, id) order, after the given position ("" and ""
+ * from the start), at most `limit` (sync-devices). */
+enum iot_err store_devices_page(struct store *st, const char *after_tenant, const char *after_id,
+                                size_t limit, struct device_list *out, struct iot_error *err);
+/* Removes the integration from every device record of the tenant (integration gone). */
+enum iot_err store_integration_unlink_all(struct store *st, const char *tenant,
+                                          const struct uuid *integration_id, struct iot_error *err);
+/* Appends an event to the log (Mender's `log` layout on MongoDB). */
+enum iot_err store_event_insert(struct store *st, const struct event_record *ev,
+                                struct iot_error *err);
+/* The tenant's events, newest first (event_ts desc, then id), optionally only those with a
+ * delivery status for `integration_id` (NULL: all); skip/limit for paging. */
+enum iot_err store_events_list(struct store *st, const char *tenant,
+                               const struct uuid *integration_id, int64_t skip, int64_t limit,
+                               struct event_list *out, struct iot_error *err);
 void store_destroy(struct store *st);
 
 #endif

@@ -76,6 +76,55 @@ enum iot_err store_events_expire(struct store *st, int64_t now_ms, int64_t *remo
     return st->ops->events_expire(st, now_ms, removed, err);
 }
 
+enum iot_err store_device_get(struct store *st, const char *tenant, const char *device_id,
+                              struct device_record *out, struct iot_error *err)
+{
+    return st->ops->device_get(st, tenant, device_id, out, err);
+}
+
+enum iot_err store_device_link(struct store *st, const char *tenant, const char *device_id,
+                               const struct uuid *integration_id, struct iot_error *err)
+{
+    return st->ops->device_link(st, tenant, device_id, integration_id, err);
+}
+
+enum iot_err store_device_unlink(struct store *st, const char *tenant, const char *device_id,
+                                 const struct uuid *integration_id, struct iot_error *err)
+{
+    return st->ops->device_unlink(st, tenant, device_id, integration_id, err);
+}
+
+enum iot_err store_device_delete(struct store *st, const char *tenant, const char *device_id,
+                                 struct iot_error *err)
+{
+    return st->ops->device_delete(st, tenant, device_id, err);
+}
+
+enum iot_err store_devices_page(struct store *st, const char *after_tenant, const char *after_id,
+                                size_t limit, struct device_list *out, struct iot_error *err)
+{
+    return st->ops->devices_page(st, after_tenant, after_id, limit, out, err);
+}
+
+enum iot_err store_integration_unlink_all(struct store *st, const char *tenant,
+                                          const struct uuid *integration_id, struct iot_error *err)
+{
+    return st->ops->integration_unlink_all(st, tenant, integration_id, err);
+}
+
+enum iot_err store_event_insert(struct store *st, const struct event_record *ev,
+                                struct iot_error *err)
+{
+    return st->ops->event_insert(st, ev, err);
+}
+
+enum iot_err store_events_list(struct store *st, const char *tenant,
+                               const struct uuid *integration_id, int64_t skip, int64_t limit,
+                               struct event_list *out, struct iot_error *err)
+{
+    return st->ops->events_list(st, tenant, integration_id, skip, limit, out, err);
+}
+
 void store_destroy(struct store *st)
 {
     if (st && st->ops && st->ops->destroy)

@@ -151,3 +151,48 @@ enum iot_err credentials_for_each_secret(struct credentials *c,
         return IOT_ERR_INTERNAL;
     }
 }
+
+void device_record_clear(struct device_record *d)
+{
+    if (!d)
+        return;
+    free(d->tenant_id);
+    free(d->id);
+    free(d->integration_ids);
+    memset(d, 0, sizeof *d);
+}
+
+void device_list_clear(struct device_list *list)
+{
+    if (!list)
+        return;
+    for (size_t i = 0; i < list->len; i++)
+        device_record_clear(&list->items[i]);
+    free(list->items);
+    list->items = NULL;
+    list->len = 0;
+}
+
+void event_record_clear(struct event_record *ev)
+{
+    if (!ev)
+        return;
+    free(ev->tenant_id);
+    free(ev->type);
+    json_decref(ev->data);
+    for (size_t i = 0; i < ev->n_statuses; i++)
+        free(ev->statuses[i].error);
+    free(ev->statuses);
+    memset(ev, 0, sizeof *ev);
+}
+
+void event_list_clear(struct event_list *list)
+{
+    if (!list)
+        return;
+    for (size_t i = 0; i < list->len; i++)
+        event_record_clear(&list->items[i]);
+    free(list->items);
+    list->items = NULL;
+    list->len = 0;
+}

@@ -3,6 +3,8 @@
 #ifndef IOT_MANAGER_STORE_MONGO_INTERNAL_H
 #define IOT_MANAGER_STORE_MONGO_INTERNAL_H
 
+#include <pthread.h>
+
 #include <mongoc/mongoc.h>
 
 #include "iot-manager/model.h"
@@ -18,10 +20,19 @@
 /* NotImplemented: FerretDB's answer to TTL index options. */
 #define MONGO_CODE_NOT_IMPLEMENTED 238
 
+/* Stripes of the per-device write lock (see struct mongo_store). */
+#define MONGO_DEVICE_LOCKS 32
+
 struct mongo_store {
     struct store base; /* first member: the port's handle */
     mongoc_client_pool_t *pool;
     char *dbname;
+    /* Writes to one device document are serialised within the process: FerretDB applies an
+     * update by reading the document and writing it back whole, so two concurrent $addToSet on
+     * the same device lose one of the ids (MongoDB itself is atomic there). Striped by device
+     * id so that different devices still proceed in parallel. */
+    pthread_mutex_t device_mu[MONGO_DEVICE_LOCKS];
+    bool device_mu_ready;
 };
 
 /* Maps a libmongoc error into `err`: no server / network / authentication failures become
@@ -53,6 +64,38 @@ enum iot_err mongo_integration_to_bson(const struct integration *in, bson_t *doc
  * caller on success, left cleared on failure). */
 enum iot_err mongo_integration_from_bson(const bson_t *doc, struct integration *out,
                                          struct iot_error *err);
+
+/* --- device records and the event log (mongo_records.c); see store_ops for the meaning --- */
+
+enum iot_err mongo_device_get(struct store *st, const char *tenant, const char *device_id,
+                              struct device_record *out, struct iot_error *err);
+enum iot_err mongo_device_link(struct store *st, const char *tenant, const char *device_id,
+                               const struct uuid *integration_id, struct iot_error *err);
+enum iot_err mongo_device_unlink(struct store *st, const char *tenant, const char *device_id,
+                                 const struct uuid *integration_id, struct iot_error *err);
+enum iot_err mongo_device_delete(struct store *st, const char *tenant, const char *device_id,
+                                 struct iot_error *err);
+enum iot_err mongo_devices_page(struct store *st, const char *after_tenant, const char *after_id,
+                                size_t limit, struct device_list *out, struct iot_error *err);
+enum iot_err mongo_integration_unlink_all(struct store *st, const char *tenant,
+                                          const struct uuid *integration_id, struct iot_error *err);
+enum iot_err mongo_event_insert(struct store *st, const struct event_record *ev,
+                                struct iot_error *err);
+enum iot_err mongo_events_list(struct store *st, const char *tenant,
+                               const struct uuid *integration_id, int64_t skip, int64_t limit,
+                               struct event_list *out, struct iot_error *err);
+
+/* Builds the `log` document of `ev` into `doc` (initialised by the caller). */
+enum iot_err mongo_event_to_bson(const struct event_record *ev, bson_t *doc, struct iot_error *err);
+
+/* Decodes a `log` document into `out` (zeroed by the caller; owned by the caller on success,
+ * left cleared on failure). */
+enum iot_err mongo_event_from_bson(const bson_t *doc, struct event_record *out,
+                                   struct iot_error *err);
+
+/* Decodes a `devices` document into `out` (same ownership as mongo_event_from_bson). */
+enum iot_err mongo_device_from_bson(const bson_t *doc, struct device_record *out,
+                                    struct iot_error *err);
 
 /* --- migrations (mongo_migrate.c) --- */
 

@@ -385,6 +385,10 @@ static void mongo_destroy(struct store *st)
         mongoc_client_pool_destroy(ms->pool);
         atomic_fetch_sub(&mongo_live_stores, 1);
     }
+    if (ms->device_mu_ready) {
+        for (size_t i = 0; i < MONGO_DEVICE_LOCKS; i++)
+            pthread_mutex_destroy(&ms->device_mu[i]);
+    }
     free(ms->dbname);
     free(ms);
 }
@@ -402,6 +406,14 @@ static const struct store_ops mongo_ops = {
     .devices_count_linked = mongo_devices_count_linked,
     .tenant_delete = mongo_tenant_delete,
     .events_expire = mongo_events_expire,
+    .device_get = mongo_device_get,
+    .device_link = mongo_device_link,
+    .device_unlink = mongo_device_unlink,
+    .device_delete = mongo_device_delete,
+    .devices_page = mongo_devices_page,
+    .integration_unlink_all = mongo_integration_unlink_all,
+    .event_insert = mongo_event_insert,
+    .events_list = mongo_events_list,
     .destroy = mongo_destroy,
 };
 
@@ -470,6 +482,9 @@ enum iot_err store_mongo_open(const struct store_mongo_options *opts, struct sto
         goto out;
     }
     ms->base.ops = &mongo_ops;
+    for (size_t i = 0; i < MONGO_DEVICE_LOCKS; i++)
+        pthread_mutex_init(&ms->device_mu[i], NULL);
+    ms->device_mu_ready = true;
     ms->dbname = strdup(opts->dbname && *opts->dbname ? opts->dbname : MONGO_DEFAULT_DBNAME);
     if (!ms->dbname) {
         rc = iot_error_set(err, IOT_ERR_NOMEM, "out of memory");

@@ -32,6 +32,46 @@ static const char *const sq_stmt_sql[SQ_STMT__COUNT] = {
     [SQ_STMT_TENANT_DELETE_INTEGRATIONS] = "DELETE FROM integrations WHERE tenant_id = ?1",
     [SQ_STMT_TENANT_DELETE_EVENTS] = "DELETE FROM events WHERE tenant_id = ?1",
     [SQ_STMT_EVENTS_EXPIRE] = "DELETE FROM events WHERE expire_ts < ?1",
+    /* One row per link in link order (rowid: the order they were added, as $addToSet keeps
+     * them), or one row with a NULL link for a record without any. */
+    [SQ_STMT_DEVICE_GET] = "SELECT d.tenant_id, d.id, l.integration_id FROM devices d"
+                           " LEFT JOIN device_integrations l"
+                           "   ON l.tenant_id = d.tenant_id AND l.device_id = d.id"
+                           " WHERE d.tenant_id = ?1 AND d.id = ?2 ORDER BY l.rowid",
+    [SQ_STMT_DEVICE_INSERT] = "INSERT OR IGNORE INTO devices (tenant_id, id) VALUES (?1, ?2)",
+    [SQ_STMT_DEVICE_LINK] = "INSERT OR IGNORE INTO device_integrations"
+                            " (tenant_id, device_id, integration_id) VALUES (?1, ?2, ?3)",
+    [SQ_STMT_DEVICE_UNLINK] = "DELETE FROM device_integrations"
+                              " WHERE tenant_id = ?1 AND device_id = ?2 AND integration_id = ?3",
+    [SQ_STMT_DEVICE_DELETE_LINKS] = "DELETE FROM device_integrations"
+                                    " WHERE tenant_id = ?1 AND device_id = ?2",
+    [SQ_STMT_DEVICE_DELETE] = "DELETE FROM devices WHERE tenant_id = ?1 AND id = ?2",
+    /* Same shape as SQ_STMT_DEVICE_GET, for up to ?3 records from the given position on. */
+    [SQ_STMT_DEVICES_PAGE_FIRST] = "SELECT d.tenant_id, d.id, l.integration_id FROM"
+                                   " (SELECT tenant_id, id FROM devices"
+                                   "  ORDER BY tenant_id, id LIMIT ?3) d"
+                                   " LEFT JOIN device_integrations l"
+                                   "   ON l.tenant_id = d.tenant_id AND l.device_id = d.id"
+                                   " ORDER BY d.tenant_id, d.id, l.rowid",
+    [SQ_STMT_DEVICES_PAGE_AFTER] = "SELECT d.tenant_id, d.id, l.integration_id FROM"
+                                   " (SELECT tenant_id, id FROM devices"
+                                   "  WHERE (tenant_id, id) > (?1, ?2)"
+                                   "  ORDER BY tenant_id, id LIMIT ?3) d"
+                                   " LEFT JOIN device_integrations l"
+                                   "   ON l.tenant_id = d.tenant_id AND l.device_id = d.id"
+                                   " ORDER BY d.tenant_id, d.id, l.rowid",
+    [SQ_STMT_INTEGRATION_UNLINK_ALL] = "DELETE FROM device_integrations"
+                                       " WHERE tenant_id = ?1 AND integration_id = ?2",
+    [SQ_STMT_EVENT_INSERT] = "INSERT INTO events"
+                             " (id, tenant_id, type, data, event_ts, expire_ts, status)"
+                             " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    /* ?2: the integration id as canonical text, or NULL for every event. The tenant and the
+     * order are served by events_tenant_event_ts; the filter reads only that tenant's rows. */
+    [SQ_STMT_EVENTS_LIST] = "SELECT id, tenant_id, type, data, event_ts, expire_ts, status"
+                            " FROM events WHERE tenant_id = ?1 AND (?2 IS NULL OR EXISTS"
+                            "   (SELECT 1 FROM json_each(events.status) s"
+                            "    WHERE json_extract(s.value, '$.integration_id') = ?2))"
+                            " ORDER BY event_ts DESC, id LIMIT ?4 OFFSET ?3",
 };
 
 enum iot_err sq_fail(struct iot_error *err, sqlite3 *db, int rc, const char *what)

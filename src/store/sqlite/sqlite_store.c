@@ -23,6 +23,8 @@
  *           event_ts INTEGER NOT NULL, expire_ts INTEGER NOT NULL, status TEXT)
  *       times in Unix ms; index events_tenant_event_ts (tenant_id, event_ts DESC)   -- 1.1.0
  *       index events_expire_ts (expire_ts)                                         -- 1.1.1
+ *       data: JSON text of the event's data; status: JSON array of delivery statuses, NULL
+ *       when none (both described in sqlite_records.c)
  *
  * Concurrency: a bounded pool of connections (sqlite_pool.c), so readers run in parallel under
  * WAL; writers of this process queue on a mutex and multi-statement writes run in IMMEDIATE
@@ -455,6 +457,14 @@ static const struct store_ops sq_ops = {
     .devices_count_linked = sq_devices_count_linked,
     .tenant_delete = sq_tenant_delete,
     .events_expire = sq_events_expire,
+    .device_get = sq_device_get,
+    .device_link = sq_device_link,
+    .device_unlink = sq_device_unlink,
+    .device_delete = sq_device_delete,
+    .devices_page = sq_devices_page,
+    .integration_unlink_all = sq_integration_unlink_all,
+    .event_insert = sq_event_insert,
+    .events_list = sq_events_list,
     .destroy = sq_destroy,
 };
 

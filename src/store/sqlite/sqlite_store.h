@@ -32,6 +32,17 @@ enum sq_stmt_id {
     SQ_STMT_TENANT_DELETE_INTEGRATIONS,
     SQ_STMT_TENANT_DELETE_EVENTS,
     SQ_STMT_EVENTS_EXPIRE,
+    SQ_STMT_DEVICE_GET,
+    SQ_STMT_DEVICE_INSERT,
+    SQ_STMT_DEVICE_LINK,
+    SQ_STMT_DEVICE_UNLINK,
+    SQ_STMT_DEVICE_DELETE_LINKS,
+    SQ_STMT_DEVICE_DELETE,
+    SQ_STMT_DEVICES_PAGE_FIRST,
+    SQ_STMT_DEVICES_PAGE_AFTER,
+    SQ_STMT_INTEGRATION_UNLINK_ALL,
+    SQ_STMT_EVENT_INSERT,
+    SQ_STMT_EVENTS_LIST,
     SQ_STMT__COUNT
 };
 
@@ -95,6 +106,25 @@ void sq_tx_rollback(struct sq_store *st, struct sq_conn *c);
 
 /* The migrate op (sqlite_migrate.c). */
 enum iot_err sq_migrate(struct store *base, enum store_migrate_mode mode, struct iot_error *err);
+
+/* Device records and the event log (sqlite_records.c); see store_ops for the meaning. */
+enum iot_err sq_device_get(struct store *base, const char *tenant, const char *device_id,
+                           struct device_record *out, struct iot_error *err);
+enum iot_err sq_device_link(struct store *base, const char *tenant, const char *device_id,
+                            const struct uuid *integration_id, struct iot_error *err);
+enum iot_err sq_device_unlink(struct store *base, const char *tenant, const char *device_id,
+                              const struct uuid *integration_id, struct iot_error *err);
+enum iot_err sq_device_delete(struct store *base, const char *tenant, const char *device_id,
+                              struct iot_error *err);
+enum iot_err sq_devices_page(struct store *base, const char *after_tenant, const char *after_id,
+                             size_t limit, struct device_list *out, struct iot_error *err);
+enum iot_err sq_integration_unlink_all(struct store *base, const char *tenant,
+                                       const struct uuid *integration_id, struct iot_error *err);
+enum iot_err sq_event_insert(struct store *base, const struct event_record *ev,
+                             struct iot_error *err);
+enum iot_err sq_events_list(struct store *base, const char *tenant,
+                            const struct uuid *integration_id, int64_t skip, int64_t limit,
+                            struct event_list *out, struct iot_error *err);
 
 /* Credentials <-> the JSON text of the `credentials` column (sqlite_creds.c).
  * Encode: *out is a malloc'd NUL-terminated string owned by the caller; every secret must be
