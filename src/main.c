@@ -17,10 +17,14 @@
 #include "iot-manager/api.h"
 #include "iot-manager/app.h"
 #include "iot-manager/config.h"
+#include "iot-manager/configure.h"
 #include "iot-manager/connstr.h"
 #include "iot-manager/crypto.h"
+#include "iot-manager/hub.h"
 #include "iot-manager/jwt.h"
+#include "iot-manager/lifecycle.h"
 #include "iot-manager/log.h"
+#include "iot-manager/queue.h"
 #include "iot-manager/sas.h"
 #include "iot-manager/store.h"
 
@@ -42,6 +46,7 @@ struct command {
 };
 
 static int cmd_server(struct cli *cli, struct config *cfg);
+static int cmd_worker(struct cli *cli, struct config *cfg);
 static int cmd_migrate(struct cli *cli, struct config *cfg);
 static int cmd_version(struct cli *cli, struct config *cfg);
 static int cmd_reencrypt(struct cli *cli, struct config *cfg);
@@ -49,8 +54,13 @@ static int cmd_sas_token(struct cli *cli, struct config *cfg);
 
 static const struct command commands[] = {
     {"server", cmd_server, "server [--automigrate]",
-     "Serve the HTTP API (the default command). --automigrate brings an outdated database up "
-     "to date first; without it an outdated database stops start-up."},
+     "Serve the HTTP API (the default command) and, when IOT_MANAGER_NATS_URI is set, run "
+     "IOT_MANAGER_WORKERS lifecycle worker threads. --automigrate brings an outdated database "
+     "up to date first; without it an outdated database stops start-up."},
+    {"worker", cmd_worker, "worker",
+     "Process device lifecycle events only (no HTTP listener), to scale the workers apart from "
+     "the API. Needs IOT_MANAGER_NATS_URI; IOT_MANAGER_WORKERS threads; stops cleanly on "
+     "SIGTERM."},
     {"migrate", cmd_migrate, "migrate", "Bring the database schema up to date and exit."},
     {"version", cmd_version, "version [--output text|json]", "Print the version."},
     {"re-encrypt", cmd_reencrypt, "re-encrypt [--from-key KEY --to-key KEY]",
@@ -193,6 +203,31 @@ static enum iot_err setup_keyring(const struct config *cfg, const char *primary_
     return IOT_OK;
 }
 
+/* The IoT Hub client as configured (timeouts, TLS, SSRF guard, the tier's quotas). */
+static enum iot_err open_hub_client(const struct config *cfg, struct hub_client **out,
+                                    struct iot_error *err)
+{
+    struct hub_options ho;
+    hub_options_default(&ho);
+    ho.connect_timeout_ms = (long)cfg->hub_connect_timeout_ms;
+    ho.total_timeout_ms = (long)cfg->hub_timeout_ms;
+    ho.ca_file = cfg->hub_ca_file[0] ? cfg->hub_ca_file : NULL;
+    ho.allow_private_addresses = cfg->hub_allow_private_addresses;
+    ho.max_connections = (unsigned)cfg->hub_max_connections;
+    ho.ratelimit.disabled = !cfg->hub_ratelimit;
+    if (!ratelimit_tier_parse(cfg->hub_tier, &ho.ratelimit.tier))
+        return iot_error_set(err, IOT_ERR_CONFIG, "IOT_MANAGER_HUB_TIER: unknown tier");
+    ho.ratelimit.units = (unsigned)cfg->hub_units;
+    ho.ratelimit.registry_per_min = (double)cfg->hub_registry_per_min;
+    ho.ratelimit.queries_per_min = (double)cfg->hub_queries_per_min;
+    ho.ratelimit.twin_reads_per_s = (double)cfg->hub_twin_reads_per_s;
+    ho.ratelimit.twin_updates_per_s = (double)cfg->hub_twin_updates_per_s;
+    if (cfg->hub_allow_private_addresses)
+        log_warn("IOT_MANAGER_HUB_ALLOW_PRIVATE_ADDRESSES is on: IoT Hub hosts may resolve to "
+                 "loopback or private addresses (SSRF guard off)");
+    return hub_client_new(&ho, out, err);
+}
+
 /* The store may still be starting (containers): retry while it is unreachable, bounded. */
 static enum iot_err migrate_with_retry(struct store *st, enum store_migrate_mode mode,
                                        int64_t wait_s, struct iot_error *err)
@@ -209,17 +244,47 @@ static enum iot_err migrate_with_retry(struct store *st, enum store_migrate_mode
 
 /* ---- commands ---- */
 
-static int cmd_server(struct cli *cli, struct config *cfg)
+/* The queue as configured; it connects in the background (start-up never waits for NATS). */
+static enum iot_err open_queue(const struct config *cfg, struct queue **out, struct iot_error *err)
 {
-    bool automigrate = false;
-    for (int i = 1; i < cli->argc; i++) {
-        if (strcmp(cli->argv[i], "--automigrate") == 0) {
-            automigrate = true;
-        } else {
-            fprintf(stderr, "server: unknown option %s\n", cli->argv[i]);
-            return EXIT_USAGE;
-        }
-    }
+    struct queue_options qo;
+    queue_options_default(&qo);
+    qo.url = cfg->nats_uri;
+    qo.stream = cfg->nats_stream;
+    qo.subject_prefix = cfg->nats_subject_prefix;
+    qo.consumer = cfg->nats_consumer;
+    qo.dlq_stream = cfg->nats_dlq_stream;
+    qo.state_bucket = cfg->nats_state_bucket;
+    qo.lease_bucket = cfg->nats_lease_bucket;
+    qo.storage = strcmp(cfg->nats_storage, "memory") == 0 ? QUEUE_STORAGE_MEMORY
+                                                          : QUEUE_STORAGE_FILE;
+    qo.replicas = (int)cfg->nats_replicas;
+    qo.ack_wait_ms = cfg->nats_ack_wait_ms;
+    qo.max_deliver = (int)cfg->nats_max_deliver;
+    qo.max_ack_pending = (int)cfg->nats_max_ack_pending;
+    qo.lease_ttl_ms = cfg->lease_ttl_ms;
+    qo.publish_timeout_ms = cfg->publish_timeout_ms;
+    return queue_open(&qo, out, err);
+}
+
+/* The clients of Mender's workflows / deviceconfig / deviceauth services. */
+static enum iot_err open_mender_client(const struct config *cfg, struct mender_client **out,
+                                       struct iot_error *err)
+{
+    struct mender_client_options mo;
+    mender_client_options_default(&mo);
+    mo.mode = strcmp(cfg->configure_mode, "deviceconfig") == 0 ? CONFIGURE_MODE_DEVICECONFIG
+                                                                : CONFIGURE_MODE_WORKFLOWS;
+    mo.workflows_url = cfg->workflows_url;
+    mo.deviceconfig_url = cfg->deviceconfig_url;
+    mo.deviceauth_url = cfg->deviceauth_url;
+    mo.timeout_ms = (long)cfg->mender_timeout_ms;
+    return mender_client_new(&mo, out, err);
+}
+
+/* `server` (HTTP API + workers) and `worker` (workers only). */
+static int run_service(struct config *cfg, bool automigrate, bool serve_http)
+{
     int code = EXIT_FAILURE_RUNTIME;
     struct iot_error err = {0};
     struct store *st = NULL;
@@ -227,6 +292,12 @@ static int cmd_server(struct cli *cli, struct config *cfg)
     struct crypto_keyring kr;
     struct app app;
     struct jwt_keyset *jwt_keys = NULL;
+    struct hub_client *hub = NULL;
+    struct metrics *metrics = metrics_new();
+    struct queue *queue = NULL;
+    struct mender_client *mender = NULL;
+    struct lifecycle_workers *workers = NULL;
+    const char *what = serve_http ? "server" : "worker";
 
     /* Block the signals before any thread starts, so only sigtimedwait() below sees them. */
     sigset_t sigs;
@@ -236,6 +307,13 @@ static int cmd_server(struct cli *cli, struct config *cfg)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    if (!serve_http && (!cfg->nats_uri[0] || cfg->workers < 1)) {
+        log_error("worker: %s", !cfg->nats_uri[0]
+                                    ? "lifecycle events need IOT_MANAGER_NATS_URI"
+                                    : "IOT_MANAGER_WORKERS must be at least 1");
+        code = EXIT_USAGE;
+        goto out;
+    }
     if (setup_keyring(cfg, cfg->aes_encryption_key, "IOT_MANAGER_AES_ENCRYPTION_KEY",
                       cfg->aes_encryption_fallback_key, "IOT_MANAGER_AES_ENCRYPTION_FALLBACK_KEY",
                       &kr, &err) != IOT_OK) {
@@ -253,7 +331,31 @@ static int cmd_server(struct cli *cli, struct config *cfg)
         goto out;
     }
     app_init(&app, cfg, st, &kr);
-    if (cfg->auth_verify) {
+    if (open_hub_client(cfg, &hub, &err) != IOT_OK) {
+        log_error("%s", err.msg);
+        code = EXIT_USAGE;
+        goto out;
+    }
+    app.hub = hub;
+    app.metrics = metrics;
+    if (open_mender_client(cfg, &mender, &err) != IOT_OK) {
+        log_error("%s", err.msg);
+        code = EXIT_USAGE;
+        goto out;
+    }
+    app.mender = mender;
+    if (cfg->nats_uri[0]) {
+        if (open_queue(cfg, &queue, &err) != IOT_OK) {
+            log_error("IOT_MANAGER_NATS_URI: %s", err.msg);
+            code = EXIT_USAGE;
+            goto out;
+        }
+        app.queue = queue;
+    } else {
+        log_warn("IOT_MANAGER_NATS_URI is not set: the internal device API answers 503 and no "
+                 "lifecycle workers run");
+    }
+    if (serve_http && cfg->auth_verify) {
         if (jwt_keyset_load(cfg->jwt_keys, &jwt_keys, &err) != IOT_OK) {
             log_error("IOT_MANAGER_JWT_KEYS: %s", err.msg);
             code = EXIT_USAGE;
@@ -262,16 +364,39 @@ static int cmd_server(struct cli *cli, struct config *cfg)
         app.jwt_keys = jwt_keys;
         log_info("verifying JWT signatures with %zu key(s)", jwt_keyset_count(jwt_keys));
     }
-    if (api_server_start(&app, cfg, &srv, &err) != IOT_OK) {
-        log_error("%s", err.msg);
-        goto out;
+    if (queue && cfg->workers > 0) {
+        int64_t batch = cfg->fetch_batch;
+        if (batch > cfg->nats_max_ack_pending)
+            batch = cfg->nats_max_ack_pending; /* beyond it the server redelivers (c-stack §9.4) */
+        struct lifecycle_workers_options wo = {
+            .threads = (unsigned)cfg->workers,
+            .fetch_batch = (unsigned)batch,
+            .lease_ttl_ms = cfg->lease_ttl_ms,
+            .ack_wait_ms = cfg->nats_ack_wait_ms,
+            .event_exp_s = cfg->event_exp_timeout,
+        };
+        if (lifecycle_workers_start(&app, &wo, &workers, &err) != IOT_OK) {
+            log_error("%s", err.msg);
+            goto out;
+        }
     }
-    log_info("iot-manager %s listening on %s (port %u), store: %s", IOTM_VERSION, cfg->listen,
-             (unsigned)http_server_port(srv), store_name(st));
+    if (serve_http) {
+        if (api_server_start(&app, cfg, &srv, &err) != IOT_OK) {
+            log_error("%s", err.msg);
+            goto out;
+        }
+        log_info("iot-manager %s listening on %s (port %u), store: %s, lifecycle workers: %d",
+                 IOTM_VERSION, cfg->listen, (unsigned)http_server_port(srv), store_name(st),
+                 workers ? (int)cfg->workers : 0);
+    } else {
+        log_info("iot-manager %s worker started: %d threads, store: %s; waiting for NATS",
+                 IOTM_VERSION, (int)cfg->workers, store_name(st));
+    }
 
     time_t next_sweep = time(NULL);
+    bool queue_ready = false;
     for (;;) {
-        if (time(NULL) >= next_sweep) {
+        if (serve_http && time(NULL) >= next_sweep) {
             int64_t removed = 0;
             struct iot_error sweep_err = {0};
             if (app_events_sweep(&app, &removed, &sweep_err) != IOT_OK)
@@ -280,23 +405,69 @@ static int cmd_server(struct cli *cli, struct config *cfg)
                 log_info("removed %lld expired events", (long long)removed);
             next_sweep = time(NULL) + cfg->event_sweep_interval;
         }
+        if (queue) {
+            struct iot_error qerr = {0};
+            enum iot_err qrc = queue_health(queue, &qerr);
+            if (qrc == IOT_ERR_CONFIG) {
+                /* a stream setting JetStream cannot change: only an operator can resolve it */
+                log_error("NATS: %s", qerr.msg);
+                code = EXIT_USAGE;
+                goto out;
+            }
+            if (qrc == IOT_OK && !queue_ready)
+                log_info("%s ready: NATS JetStream connected%s", what,
+                         workers ? ", lifecycle workers consuming" : "");
+            else if (qrc != IOT_OK && queue_ready)
+                log_warn("NATS unavailable: %s", qerr.msg);
+            queue_ready = qrc == IOT_OK;
+        }
         struct timespec tick = {.tv_sec = 1};
         int sig = sigtimedwait(&sigs, NULL, &tick);
         if (sig == SIGINT || sig == SIGTERM) {
-            log_info("received %s: finishing requests in flight",
-                     sig == SIGINT ? "SIGINT" : "SIGTERM");
+            log_info("received %s: finishing %s in flight", sig == SIGINT ? "SIGINT" : "SIGTERM",
+                     serve_http ? "requests and events" : "events");
             break;
         }
     }
     code = EXIT_OK;
 out:
+    /* New requests stop first, then the workers finish the event in hand, then the queue
+     * flushes their acks, and the store goes last. */
     http_server_stop(srv);
+    lifecycle_workers_stop(workers);
+    queue_close(queue);
+    mender_client_free(mender);
+    hub_client_free(hub);
+    metrics_free(metrics);
     jwt_keyset_free(jwt_keys);
     store_destroy(st);
     OPENSSL_cleanse(&kr, sizeof kr);
     if (code == EXIT_OK)
         log_info("stopped");
     return code;
+}
+
+static int cmd_server(struct cli *cli, struct config *cfg)
+{
+    bool automigrate = false;
+    for (int i = 1; i < cli->argc; i++) {
+        if (strcmp(cli->argv[i], "--automigrate") == 0) {
+            automigrate = true;
+        } else {
+            fprintf(stderr, "server: unknown option %s\n", cli->argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    return run_service(cfg, automigrate, true);
+}
+
+static int cmd_worker(struct cli *cli, struct config *cfg)
+{
+    if (cli->argc > 1) {
+        fprintf(stderr, "worker: unknown option %s\n", cli->argv[1]);
+        return EXIT_USAGE;
+    }
+    return run_service(cfg, false, false);
 }
 
 static int cmd_migrate(struct cli *cli, struct config *cfg)

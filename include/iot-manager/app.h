@@ -11,12 +11,17 @@
 #include "iot-manager/connstr.h"
 #include "iot-manager/crypto.h"
 #include "iot-manager/error.h"
+#include "iot-manager/hub.h"
 #include "iot-manager/jwt.h"
+#include "iot-manager/metrics.h"
 #include "iot-manager/model.h"
 #include "iot-manager/rbac.h"
 #include "iot-manager/store.h"
 
 #define APP_WHITELIST_MAX 64
+
+struct queue;         /* queue.h */
+struct mender_client; /* configure.h */
 
 struct app {
     const struct config *cfg; /* borrowed, outlives the app */
@@ -26,6 +31,10 @@ struct app {
     const char *whitelist[APP_WHITELIST_MAX];
     size_t whitelist_len;
     struct connstr_rules connstr_rules;
+    struct hub_client *hub;  /* borrowed; NULL where no hub calls are made */
+    struct metrics *metrics; /* borrowed; may be NULL */
+    struct queue *queue;     /* borrowed; NULL when NATS is not configured (lifecycle.h) */
+    struct mender_client *mender; /* borrowed; NULL where Configure is not called */
     struct rbac_policy rbac;
     const struct jwt_keyset *jwt_keys; /* borrowed; NULL in gateway mode */
     struct jwt_verify_options jwt_opts;
@@ -73,6 +82,62 @@ enum iot_err app_reencrypt(struct app *app, int64_t *done, struct iot_error *err
 /* Checks each configured dependency; fills `checks` (borrowed object) with name -> "ok" or the
  * problem. Returns IOT_OK when all are healthy, IOT_ERR_UNAVAILABLE otherwise. */
 enum iot_err app_health(struct app *app, json_t *checks, struct iot_error *err);
+
+/* ---- device twins (Azure IoT Hub) ---- */
+
+/* Twin state of one device in one integration: desired and reported properties with top-level
+ * $metadata and $version removed, and the twin's etag (unquoted). */
+struct device_state {
+    json_t *desired;  /* owned reference */
+    json_t *reported; /* owned reference */
+    char etag[HUB_ETAG_MAX + 1];
+};
+
+void device_state_clear(struct device_state *st);
+
+/* {"<integration id>": {"desired", "reported"}, ...} for every iot-hub integration the device is
+ * linked to ({} when none). NOT_FOUND "device not found" when the device has no record. Hub
+ * errors map as app_device_state_get. `out` is a new reference. */
+enum iot_err app_device_states(struct app *app, const char *tenant, const char *device_id,
+                               json_t **out, struct iot_error *err);
+
+/* One integration's state. NOT_FOUND when the device is unknown or not linked to the integration
+ * ("integration not found", as Mender), when the integration does not exist, or when the hub has
+ * no such identity; UNAVAILABLE + retry_after_ms when the hub throttles; UPSTREAM when the hub is
+ * unreachable, rejects our credentials or answers something unusable. `retry_after_ms` may be
+ * NULL. */
+enum iot_err app_device_state_get(struct app *app, const char *tenant, const char *device_id,
+                                  const struct uuid *integration_id, struct device_state *out,
+                                  int64_t *retry_after_ms, struct iot_error *err);
+
+enum device_state_write { DEVICE_STATE_REPLACE, DEVICE_STATE_MERGE };
+
+/* Replaces (PUT) or merges (PATCH, null deletes a key) the desired properties, validated against
+ * Azure's twin rules first (INVALID). Without `if_match` a replace reads the twin and writes with
+ * its etag: a concurrent change gives CONFLICT "conflict when updating the device state". With
+ * `if_match` (the etag a client got from us) the hub checks it: a twin changed since gives
+ * CONFLICT with `*precondition_failed` set (the API answers 412). Other errors as
+ * app_device_state_get. `desired` is borrowed. */
+enum iot_err app_device_state_write(struct app *app, const char *tenant, const char *device_id,
+                                    const struct uuid *integration_id, enum device_state_write mode,
+                                    json_t *desired, const char *if_match, struct device_state *out,
+                                    bool *precondition_failed, int64_t *retry_after_ms,
+                                    struct iot_error *err);
+
+/* Checks desired properties against Azure's twin rules before any hub call: an object; keys not
+ * empty, no '$' at the start, no '.', ' ' or control characters, at most 1 KB; depth at most 10;
+ * strings at most 4 KB; integers within +-2^52; total size at most 32 KB (Azure's accounting).
+ * `allow_null` permits null values (merge: null deletes). */
+enum iot_err app_twin_validate_desired(const json_t *desired, bool allow_null,
+                                       struct iot_error *err);
+
+/* Unlinks the device from all its integrations without touching the hub (DELETE /devices/{id}).
+ * NOT_FOUND "device not found" when it has no record. */
+enum iot_err app_device_unlink_all(struct app *app, const char *tenant, const char *device_id,
+                                   struct iot_error *err);
+
+/* Brings pulled metrics (hub client totals, queue lag) up to date before a scrape. */
+void app_metrics_refresh(struct app *app);
 
 /* Removes expired events (where no TTL index does it). */
 enum iot_err app_events_sweep(struct app *app, int64_t *removed, struct iot_error *err);

@@ -53,6 +53,39 @@ struct config {
     bool rbac;
     char rbac_admin_roles[CONFIG_STR_MAX];
     char rbac_read_roles[CONFIG_STR_MAX];
+    char hub_ca_file[CONFIG_STR_MAX];
+    bool hub_allow_private_addresses;
+    int64_t hub_connect_timeout_ms;
+    int64_t hub_timeout_ms;
+    int64_t hub_max_connections;
+    char hub_tier[8];
+    int64_t hub_units;
+    bool hub_ratelimit;
+    int64_t hub_registry_per_min; /* 0: the tier's figure */
+    int64_t hub_queries_per_min;
+    int64_t hub_twin_reads_per_s;
+    int64_t hub_twin_updates_per_s;
+    /* lifecycle pipeline */
+    char nats_uri[CONFIG_STR_MAX]; /* IOT_MANAGER_NATS_URI, or its alias IOT_MANAGER_NATS_URL */
+    char nats_url[CONFIG_STR_MAX];
+    char nats_stream[64];
+    char nats_subject_prefix[128];
+    char nats_consumer[64];
+    char nats_dlq_stream[64];
+    char nats_state_bucket[64];
+    char nats_lease_bucket[64];
+    char nats_storage[16]; /* file | memory */
+    int64_t nats_replicas;
+    int64_t nats_ack_wait_ms;
+    int64_t nats_max_deliver;
+    int64_t nats_max_ack_pending;
+    int64_t lease_ttl_ms;
+    int64_t publish_timeout_ms;
+    int64_t workers; /* worker threads per process */
+    int64_t fetch_batch;
+    char configure_mode[16]; /* workflows | deviceconfig */
+    char deviceconfig_url[CONFIG_STR_MAX];
+    int64_t mender_timeout_ms;
 };
 
 /* Fills `cfg` with defaults, then `path` (NULL: the default file, which may be absent; a given

@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "iot-manager/error.h"
+#include "iot-manager/metrics.h"
 
 #define HTTP_MAX_PARAMS     4
 #define HTTP_MAX_HEADERS    8
@@ -44,8 +45,9 @@ struct http_server_options {
     size_t body_limit; /* bytes */
     const struct http_route *routes;
     size_t nroutes;
-    http_before_fn before; /* may be NULL */
-    void *ctx;             /* handed to handlers through http_request_ctx() */
+    http_before_fn before;   /* may be NULL */
+    struct metrics *metrics; /* may be NULL: request counts and latency by route */
+    void *ctx;               /* handed to handlers through http_request_ctx() */
 };
 
 struct http_server;
@@ -82,6 +84,9 @@ void http_response_json(struct http_response *resp, int status, json_t *body);
 void http_response_empty(struct http_response *resp, int status);
 /* {"error": msg, "request_id": id} */
 void http_response_error(struct http_response *resp, int status, const char *msg);
+/* A non-JSON body (e.g. Prometheus text); takes ownership of the malloc'd `body`. */
+void http_response_text(struct http_response *resp, int status, const char *content_type,
+                        char *body);
 /* Adds a header (copied); silently ignores headers beyond HTTP_MAX_HEADERS. */
 void http_response_header(struct http_response *resp, const char *name, const char *value);
 /* Extra top-level keys merged into an error body (e.g. health "checks"); takes ownership. */

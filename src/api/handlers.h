@@ -24,12 +24,23 @@ struct app *api_app(const struct http_request *req);
 void api_respond_error(struct http_request *req, struct http_response *resp, enum iot_err rc,
                        const struct iot_error *err);
 
+/* The same, for errors that may carry a Retry-After (throttled hub: 503 + Retry-After). */
+void api_respond_error_retry(struct http_request *req, struct http_response *resp, enum iot_err rc,
+                             const struct iot_error *err, int64_t retry_after_ms);
+
+void handle_device_states(struct http_request *req, struct http_response *resp);
+void handle_device_state_get(struct http_request *req, struct http_response *resp);
+void handle_device_state_put(struct http_request *req, struct http_response *resp);
+void handle_device_state_patch(struct http_request *req, struct http_response *resp);
+void handle_device_unlink(struct http_request *req, struct http_response *resp);
+
 void handle_integrations_list(struct http_request *req, struct http_response *resp);
 void handle_integration_create(struct http_request *req, struct http_response *resp);
 void handle_integration_get(struct http_request *req, struct http_response *resp);
 void handle_integration_set_credentials(struct http_request *req, struct http_response *resp);
 void handle_integration_delete(struct http_request *req, struct http_response *resp);
 
+void handle_metrics(struct http_request *req, struct http_response *resp);
 void handle_alive(struct http_request *req, struct http_response *resp);
 void handle_health(struct http_request *req, struct http_response *resp);
 void handle_tenant_delete(struct http_request *req, struct http_response *resp);

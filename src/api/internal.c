@@ -1,5 +1,17 @@
 #include "handlers.h"
 
+void handle_metrics(struct http_request *req, struct http_response *resp)
+{
+    struct app *app = api_app(req);
+    app_metrics_refresh(app);
+    char *text = metrics_render(app->metrics);
+    if (!text) {
+        http_response_error(resp, 500, "internal error");
+        return;
+    }
+    http_response_text(resp, 200, "text/plain; version=0.0.4; charset=utf-8", text);
+}
+
 void handle_alive(struct http_request *req, struct http_response *resp)
 {
     (void)req;

@@ -18,6 +18,15 @@ static const struct http_route api_routes[] = {
     {"GET", MGMT "/integrations/{id}", handle_integration_get, READ},
     {"DELETE", MGMT "/integrations/{id}", handle_integration_delete, ADMIN},
     {"PUT", MGMT "/integrations/{id}/credentials", handle_integration_set_credentials, ADMIN},
+    {"DELETE", MGMT "/devices/{id}", handle_device_unlink, ADMIN | API_DEVICE_SCOPED},
+    {"GET", MGMT "/devices/{id}/state", handle_device_states, READ | API_DEVICE_SCOPED},
+    {"GET", MGMT "/devices/{id}/state/{integration_id}", handle_device_state_get,
+     READ | API_DEVICE_SCOPED},
+    {"PUT", MGMT "/devices/{id}/state/{integration_id}", handle_device_state_put,
+     ADMIN | API_DEVICE_SCOPED},
+    {"PATCH", MGMT "/devices/{id}/state/{integration_id}", handle_device_state_patch,
+     ADMIN | API_DEVICE_SCOPED},
+    {"GET", "/metrics", handle_metrics, 0},
     {"GET", INTERNAL "/alive", handle_alive, 0},
     {"GET", INTERNAL "/health", handle_health, 0},
     {"DELETE", INTERNAL "/tenants/{tenant_id}", handle_tenant_delete, 0},
@@ -125,10 +134,11 @@ static bool api_before(struct http_request *req, const struct http_route *route,
     return true;
 }
 
-void api_respond_error(struct http_request *req, struct http_response *resp, enum iot_err rc,
-                       const struct iot_error *err)
+void api_respond_error_retry(struct http_request *req, struct http_response *resp, enum iot_err rc,
+                             const struct iot_error *err, int64_t retry_after_ms)
 {
     const char *msg = err && err->msg[0] ? err->msg : iot_strerror(rc);
+    char seconds[32];
     switch (rc) {
     case IOT_ERR_INVALID:
     case IOT_ERR_NOT_FOUND:
@@ -136,6 +146,16 @@ void api_respond_error(struct http_request *req, struct http_response *resp, enu
     case IOT_ERR_FORBIDDEN:
     case IOT_ERR_TOO_LARGE:
         http_response_error(resp, iot_err_http_status(rc), msg);
+        return;
+    case IOT_ERR_THROTTLED:
+        snprintf(seconds, sizeof seconds, "%lld",
+                 (long long)((retry_after_ms > 0 ? retry_after_ms : 1000) + 999) / 1000);
+        http_response_header(resp, "Retry-After", seconds);
+        http_response_error(resp, 503, msg);
+        return;
+    case IOT_ERR_UPSTREAM:
+        log_write(LOG_LEVEL_WARN, http_request_id(req), NULL, "%s", msg);
+        http_response_error(resp, 502, msg);
         return;
     case IOT_ERR_UNAVAILABLE:
     case IOT_ERR_NEEDS_MIGRATION:
@@ -148,6 +168,12 @@ void api_respond_error(struct http_request *req, struct http_response *resp, enu
                   http_request_method(req), http_request_path(req), iot_strerror(rc), msg);
         http_response_error(resp, 500, rc == IOT_ERR_CRYPTO ? msg : "internal error");
     }
+}
+
+void api_respond_error(struct http_request *req, struct http_response *resp, enum iot_err rc,
+                       const struct iot_error *err)
+{
+    api_respond_error_retry(req, resp, rc, err, 0);
 }
 
 enum iot_err api_server_start(struct app *app, const struct config *cfg, struct http_server **out,
@@ -163,6 +189,7 @@ enum iot_err api_server_start(struct app *app, const struct config *cfg, struct 
         .routes = api_routes,
         .nroutes = sizeof api_routes / sizeof api_routes[0],
         .before = api_before,
+        .metrics = app->metrics,
         .ctx = app,
     };
     return http_server_start(&opts, out, err);

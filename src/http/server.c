@@ -35,6 +35,8 @@ struct http_response {
     int status;
     json_t *body; /* owned */
     bool has_body;
+    char *text; /* owned raw body, instead of `body` */
+    char content_type[64];
     struct response_header headers[HTTP_MAX_HEADERS];
     size_t nheaders;
     const struct http_request *req;
@@ -142,10 +144,24 @@ void http_request_log_field(struct http_request *req, const char *key, const cha
 
 void http_response_json(struct http_response *resp, int status, json_t *body)
 {
+    free(resp->text);
+    resp->text = NULL;
     json_decref(resp->body);
     resp->status = status;
     resp->body = body;
     resp->has_body = body != NULL;
+}
+
+void http_response_text(struct http_response *resp, int status, const char *content_type,
+                        char *body)
+{
+    json_decref(resp->body);
+    resp->body = NULL;
+    free(resp->text);
+    resp->text = body;
+    resp->status = status;
+    resp->has_body = body != NULL;
+    snprintf(resp->content_type, sizeof resp->content_type, "%s", content_type);
 }
 
 void http_response_empty(struct http_response *resp, int status)
@@ -215,7 +231,11 @@ static enum MHD_Result send_response(struct http_request *req, struct http_respo
 {
     char *text = NULL;
     size_t len = 0;
-    if (resp->has_body) {
+    if (resp->text) {
+        text = resp->text; /* handed to MHD, which frees it */
+        resp->text = NULL;
+        len = strlen(text);
+    } else if (resp->has_body) {
         text = json_dumps(resp->body, JSON_COMPACT | JSON_PRESERVE_ORDER);
         if (!text) {
             resp->status = 500;
@@ -230,7 +250,8 @@ static enum MHD_Result send_response(struct http_request *req, struct http_respo
         return MHD_NO;
     }
     if (resp->has_body)
-        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                resp->content_type[0] ? resp->content_type : CONTENT_TYPE_JSON);
     if (req->request_id[0])
         MHD_add_response_header(r, HEADER_REQUEST_ID, req->request_id);
     for (size_t i = 0; i < resp->nheaders; i++)
@@ -248,6 +269,7 @@ static enum MHD_Result respond_error(struct http_request *req, int status, const
     http_response_error(&resp, status, msg);
     enum MHD_Result ret = send_response(req, &resp);
     json_decref(resp.body);
+    free(resp.text);
     return ret;
 }
 
@@ -284,6 +306,7 @@ static enum MHD_Result dispatch(struct http_request *req)
         req->route->handler(req, &resp);
     enum MHD_Result ret = send_response(req, &resp);
     json_decref(resp.body);
+    free(resp.text);
     return ret;
 }
 
@@ -393,6 +416,17 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         json_decref(line);
     }
 
+    if (srv->opts.metrics) {
+        char route[256];
+        char labels[512];
+        metrics_label_escape(req->route ? req->route->pattern : "unmatched", route, sizeof route);
+        snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\",status=\"%d\"", route,
+                 req->method ? req->method : "", req->status);
+        metrics_counter_add(srv->opts.metrics, "iot_manager_http_requests_total", labels, 1);
+        snprintf(labels, sizeof labels, "route=\"%s\"", route);
+        metrics_observe(srv->opts.metrics, "iot_manager_http_request_duration_seconds", labels,
+                        elapsed_ms(&req->started) / 1000.0);
+    }
     if (req->user && req->user_release)
         req->user_release(req->user);
     json_decref(req->log_fields);

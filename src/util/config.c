@@ -132,6 +132,64 @@ static enum iot_err check_jwt_keys(struct config *cfg, const char *name, struct 
     return IOT_OK;
 }
 
+static enum iot_err check_hub_tier(struct config *cfg, const char *name, struct iot_error *err)
+{
+    static const char *const tiers[] = {"F1", "S1", "S2", "S3"};
+    for (size_t i = 0; i < sizeof tiers / sizeof tiers[0]; i++) {
+        if (strcasecmp(cfg->hub_tier, tiers[i]) == 0)
+            return IOT_OK;
+    }
+    return iot_error_set(err, IOT_ERR_CONFIG, "%s: must be one of F1, S1, S2, S3 (got \"%s\")",
+                         name, cfg->hub_tier);
+}
+
+static enum iot_err check_one_of(const char *value, const char *const *allowed, size_t n,
+                                 const char *name, struct iot_error *err)
+{
+    char list[256] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcasecmp(value, allowed[i]) == 0)
+            return IOT_OK;
+        int w = snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", allowed[i]);
+        if (w > 0 && (size_t)w < sizeof list - used)
+            used += (size_t)w;
+    }
+    return iot_error_set(err, IOT_ERR_CONFIG, "%s: must be one of %s (got \"%s\")", name, list,
+                         value);
+}
+
+static enum iot_err check_nats_storage(struct config *cfg, const char *name, struct iot_error *err)
+{
+    static const char *const allowed[] = {"file", "memory"};
+    return check_one_of(cfg->nats_storage, allowed, 2, name, err);
+}
+
+static enum iot_err check_configure_mode(struct config *cfg, const char *name,
+                                         struct iot_error *err)
+{
+    static const char *const allowed[] = {"workflows", "deviceconfig"};
+    return check_one_of(cfg->configure_mode, allowed, 2, name, err);
+}
+
+/* Mender's compose files say IOT_MANAGER_NATS_URI; IOT_MANAGER_NATS_URL is accepted too. */
+static enum iot_err check_nats_url(struct config *cfg, const char *name, struct iot_error *err)
+{
+    if (!cfg->nats_uri[0] && cfg->nats_url[0])
+        memcpy(cfg->nats_uri, cfg->nats_url, sizeof cfg->nats_uri);
+    if (cfg->nats_uri[0] && !strstr(cfg->nats_uri, "://"))
+        return iot_error_set(err, IOT_ERR_CONFIG,
+                             "%s: must be a URL such as nats://host:4222 (got \"%s\")", name,
+                             cfg->nats_uri);
+    return IOT_OK;
+}
+
+static enum iot_err check_deviceconfig_url(struct config *cfg, const char *name,
+                                           struct iot_error *err)
+{
+    return check_url(cfg->deviceconfig_url, name, err);
+}
+
 static const struct setting settings[] = {
     {"listen", STR(listen), ":8080", 0, 0, false, check_listen, "HTTP listen address, [host]:port"},
     {"mongo_url", STR(mongo_url), "", 0, 0, true, check_mongo_url,
@@ -197,6 +255,68 @@ static const struct setting settings[] = {
      "Roles granted admin (space-separated)"},
     {"rbac_read_roles", STR(rbac_read_roles), "RBAC_ROLE_OBSERVER", 0, 0, false, NULL,
      "Roles granted read (space-separated)"},
+    {"hub_ca_file", STR(hub_ca_file), "", 0, 0, false, NULL,
+     "PEM CA bundle for IoT Hub TLS (empty: the system's)"},
+    {"hub_allow_private_addresses", BOOL(hub_allow_private_addresses), "false", 0, 0, false, NULL,
+     "Allow IoT Hub hosts on loopback/private/link-local addresses (SSRF guard off)"},
+    {"hub_connect_timeout_ms", INT(hub_connect_timeout_ms), "5000", 100, 120000, false, NULL,
+     "Connect timeout of each IoT Hub request"},
+    {"hub_timeout_ms", INT(hub_timeout_ms), "15000", 100, 600000, false, NULL,
+     "Total timeout of each IoT Hub request"},
+    {"hub_max_connections", INT(hub_max_connections), "16", 1, 1024, false, NULL,
+     "IoT Hub requests in flight at once (per process)"},
+    {"hub_tier", STR(hub_tier), "S1", 0, 0, false, check_hub_tier,
+     "IoT Hub tier whose quotas the rate limiter respects: F1, S1, S2, S3"},
+    {"hub_units", INT(hub_units), "1", 1, 200, false, NULL,
+     "IoT Hub units (quotas scale with them)"},
+    {"hub_ratelimit", BOOL(hub_ratelimit), "true", 0, 0, false, NULL,
+     "Pace IoT Hub calls under the tier's quotas"},
+    {"hub_registry_per_min", INT(hub_registry_per_min), "0", 0, 100000000, false, NULL,
+     "Override: identity registry operations per minute (0: the tier's)"},
+    {"hub_queries_per_min", INT(hub_queries_per_min), "0", 0, 100000000, false, NULL,
+     "Override: queries per minute (0: the tier's)"},
+    {"hub_twin_reads_per_s", INT(hub_twin_reads_per_s), "0", 0, 1000000, false, NULL,
+     "Override: twin reads per second (0: the tier's)"},
+    {"hub_twin_updates_per_s", INT(hub_twin_updates_per_s), "0", 0, 1000000, false, NULL,
+     "Override: twin updates per second (0: the tier's)"},
+    {"nats_uri", STR(nats_uri), "", 0, 0, false, NULL,
+     "NATS server with JetStream for the lifecycle events (empty: internal device API off)"},
+    {"nats_url", STR(nats_url), "", 0, 0, false, check_nats_url, "Alias of IOT_MANAGER_NATS_URI"},
+    {"nats_stream", STR(nats_stream), "IOT_MANAGER_EVENTS", 0, 0, false, NULL,
+     "JetStream stream of lifecycle events"},
+    {"nats_subject_prefix", STR(nats_subject_prefix), "iot-manager.events", 0, 0, false, NULL,
+     "Event subjects: <prefix>.provision|status|decommission"},
+    {"nats_consumer", STR(nats_consumer), "iot-manager-workers", 0, 0, false, NULL,
+     "Durable pull consumer shared by every worker"},
+    {"nats_dlq_stream", STR(nats_dlq_stream), "IOT_MANAGER_DLQ", 0, 0, false, NULL,
+     "Dead-letter stream"},
+    {"nats_state_bucket", STR(nats_state_bucket), "IOT_MANAGER_DEVICES", 0, 0, false, NULL,
+     "KV bucket of per-device desired state"},
+    {"nats_lease_bucket", STR(nats_lease_bucket), "IOT_MANAGER_LEASES", 0, 0, false, NULL,
+     "KV bucket of per-device leases"},
+    {"nats_storage", STR(nats_storage), "file", 0, 0, false, check_nats_storage,
+     "Storage of the streams and buckets: file or memory"},
+    {"nats_replicas", INT(nats_replicas), "1", 1, 5, false, NULL, "Stream replicas"},
+    {"nats_ack_wait_ms", INT(nats_ack_wait_ms), "30000", 1000, 3600000, false, NULL,
+     "Redelivery after this long without an ack"},
+    {"nats_max_deliver", INT(nats_max_deliver), "20", 1, 10000, false, NULL,
+     "Deliveries before an event goes to the dead-letter stream"},
+    {"nats_max_ack_pending", INT(nats_max_ack_pending), "1000", 1, 100000, false, NULL,
+     "Messages delivered and not yet acked, across all workers"},
+    {"lease_ttl_ms", INT(lease_ttl_ms), "30000", 1000, 600000, false, NULL,
+     "A worker's hold on one device expires after this long unless renewed"},
+    {"publish_timeout_ms", INT(publish_timeout_ms), "5000", 100, 60000, false, NULL,
+     "How long the internal API keeps trying to store an event before answering 503"},
+    {"workers", INT(workers), "4", 0, 256, false, NULL,
+     "Worker threads per process (server and worker commands)"},
+    {"fetch_batch", INT(fetch_batch), "32", 1, 1000, false, NULL,
+     "Events a worker fetches at once"},
+    {"configure_mode", STR(configure_mode), "workflows", 0, 0, false, check_configure_mode,
+     "How connection strings reach Configure: workflows or deviceconfig"},
+    {"deviceconfig_url", STR(deviceconfig_url), "http://mender-deviceconfig:8080", 0, 0, false,
+     check_deviceconfig_url, "Mender deviceconfig (configure_mode deviceconfig)"},
+    {"mender_timeout_ms", INT(mender_timeout_ms), "10000", 100, 600000, false, NULL,
+     "Total timeout of each call to workflows, deviceconfig or deviceauth"},
 };
 
 #define N_SETTINGS (sizeof settings / sizeof settings[0])
