@@ -3,6 +3,7 @@
 #include <time.h>
 
 #include "iot-manager/app.h"
+#include "iot-manager/lifecycle.h"
 #include "iot-manager/log.h"
 
 void app_init(struct app *app, const struct config *cfg, struct store *store,
@@ -22,7 +23,9 @@ void app_init(struct app *app, const struct config *cfg, struct store *store,
     };
     rbac_policy_init(&app->rbac, cfg);
     jwt_verify_options_init(&app->jwt_opts);
-    app->jwt_opts.issuer = cfg->jwt_issuer[0] ? cfg->jwt_issuer : NULL;
+    /* "*" accepts any issuer (an empty variable counts as unset, so it cannot say that) */
+    app->jwt_opts.issuer =
+        cfg->jwt_issuer[0] && strcmp(cfg->jwt_issuer, "*") != 0 ? cfg->jwt_issuer : NULL;
     app->jwt_opts.leeway = (int)cfg->jwt_leeway;
 }
 
@@ -216,9 +219,13 @@ enum iot_err app_health(struct app *app, json_t *checks, struct iot_error *err)
                         json_string(rc == IOT_OK       ? "ok"
                                     : store_err.msg[0] ? store_err.msg
                                                        : iot_strerror(rc)));
+    struct iot_error queue_err = {0};
+    enum iot_err qrc = lifecycle_health(app, checks, &queue_err);
     if (rc != IOT_OK)
         return iot_error_set(err, IOT_ERR_UNAVAILABLE, "store: %s",
                              store_err.msg[0] ? store_err.msg : iot_strerror(rc));
+    if (qrc != IOT_OK)
+        return iot_error_set(err, IOT_ERR_UNAVAILABLE, "%s", queue_err.msg);
     return IOT_OK;
 }
 

@@ -144,7 +144,8 @@ enum iot_err app_twin_validate_desired(const json_t *desired, bool allow_null,
         return iot_error_set(err, IOT_ERR_INVALID,
                              "malformed request body: desired: must be a JSON object");
     size_t size = 0;
-    enum iot_err rc = check_value(desired, 1, allow_null, "desired", &size, err);
+    /* Azure counts the levels below "desired": its deepest valid twin nests ten objects there */
+    enum iot_err rc = check_value(desired, 0, allow_null, "desired", &size, err);
     if (rc == IOT_OK && size > TWIN_MAX_DESIRED)
         rc = iot_error_set(err, IOT_ERR_INVALID,
                            "malformed request body: desired: %zu bytes as Azure counts them, over "

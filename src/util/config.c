@@ -246,7 +246,7 @@ static const struct setting settings[] = {
     {"jwt_keys", STR(jwt_keys), "", 0, 0, false, check_jwt_keys,
      "verify mode: public keys, \"kid=/path.pem ...\" (or one PEM path)"},
     {"jwt_issuer", STR(jwt_issuer), "mender.useradm", 0, 0, false, NULL,
-     "verify mode: required \"iss\" claim (empty: not checked)"},
+     "verify mode: required \"iss\" claim (\"*\": any issuer)"},
     {"jwt_leeway", INT(jwt_leeway), "60", 0, 600, false, NULL,
      "verify mode: clock skew allowed for exp/nbf/iat, seconds"},
     {"rbac", BOOL(rbac), "false", 0, 0, false, NULL,

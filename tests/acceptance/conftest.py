@@ -8,6 +8,10 @@ scripts/build-ferretdb.sh. Every API test runs on both backends through the `bac
 Every HTTP response a test receives is checked against our openapi/ specs (path, method, status,
 headers, body schema) and, where Mender's own OpenAPI file documents that status, against
 Mender's schema too. A test that hits a status our spec does not document fails.
+
+Device-twin tests talk to one IoT Hub simulator per session (tests/sim, env IOTHUB_SIM, default
+next to the binary), reset before each test; verify-mode tests sign tokens with RSA/Ed25519 keys
+generated once per session (python3-cryptography).
 """
 
 import base64
@@ -23,8 +27,10 @@ import shutil
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import time
+import urllib.parse
 import uuid
 
 import jsonschema
@@ -44,6 +50,12 @@ try:  # Debian python3-cryptography; only needed to forge Mender's encrypted blo
     HAVE_CRYPTOGRAPHY = True
 except ImportError:  # pragma: no cover
     HAVE_CRYPTOGRAPHY = False
+
+try:  # signing JWTs as useradm does (verify mode)
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+except ImportError:  # pragma: no cover - reported by the jwt_keys fixture
+    ed25519 = None
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -581,6 +593,27 @@ class User:
         return self.api.put(f"{MGMT}/integrations/{iid}/credentials", body=raw, token=self.token,
                             headers={"Content-Type": "application/json"})
 
+    # ---- device twins (the UI's "Device Twin" tab, plus PATCH and If-Match)
+
+    def states(self, device_id):
+        return self.api.get(f"{MGMT}/devices/{device_id}/state", token=self.token)
+
+    def state(self, device_id, iid):
+        return self.api.get(f"{MGMT}/devices/{device_id}/state/{iid}", token=self.token)
+
+    def put_state(self, device_id, iid, body, if_match=None):
+        headers = {"If-Match": if_match} if if_match is not None else None
+        return self.api.put(f"{MGMT}/devices/{device_id}/state/{iid}", body, token=self.token,
+                            headers=headers)
+
+    def patch_state(self, device_id, iid, body, if_match=None):
+        headers = {"If-Match": if_match} if if_match is not None else None
+        return self.api.patch(f"{MGMT}/devices/{device_id}/state/{iid}", body, token=self.token,
+                              headers=headers)
+
+    def delete_device(self, device_id):
+        return self.api.delete(f"{MGMT}/devices/{device_id}", token=self.token)
+
 
 class _Headers(dict):
     """Lower-cased header map with a case-insensitive get()."""
@@ -940,8 +973,19 @@ class Service:
             with contextlib.closing(self.sqlite()) as con, con:
                 con.execute("INSERT OR IGNORE INTO devices(tenant_id, id) VALUES (?, ?)",
                             (tenant, device_id))
-                con.execute("INSERT INTO device_integrations(tenant_id, device_id, integration_id)"
-                            " VALUES (?, ?, ?)", (tenant, device_id, iid.bytes))
+                # Idempotent, like the $addToSet above.
+                con.execute("INSERT OR IGNORE INTO device_integrations(tenant_id, device_id, "
+                            "integration_id) VALUES (?, ?, ?)", (tenant, device_id, iid.bytes))
+
+    def add_device(self, tenant, device_id):
+        """A device record linked to no integration (what the sync job or a re-link leaves)."""
+        if self.backend == "mongo":
+            self.db.devices.update_one({"_id": device_id, "tenant_id": tenant},
+                                       {"$setOnInsert": {"integration_ids": []}}, upsert=True)
+        else:
+            with contextlib.closing(self.sqlite()) as con, con:
+                con.execute("INSERT OR IGNORE INTO devices(tenant_id, id) VALUES (?, ?)",
+                            (tenant, device_id))
 
     def unlink_device(self, tenant, device_id):
         if self.backend == "mongo":
@@ -1055,3 +1099,323 @@ def service_factory(request, backend, tmp_path):
 @pytest.fixture
 def service(service_factory):
     return service_factory()
+
+
+# --------------------------------------------------------------------------------------------
+# IoT Hub simulator (tests/sim, `iothub-sim`): one per session, reset before each test using it
+# --------------------------------------------------------------------------------------------
+
+SIM_BIN = os.environ.get("IOTHUB_SIM", str(pathlib.Path(BIN).parent / "iothub-sim"))
+HUB_API_VERSION = "api-version=2021-04-12"
+# (name, primary key, secondary key, permissions), keys fixed so failures are reproducible.
+SIM_OWNER = ("iothubowner", b64(hashlib.sha256(b"sim owner primary").digest()),
+             b64(hashlib.sha256(b"sim owner secondary").digest()),
+             "RegistryRead,RegistryWrite,ServiceConnect")
+SIM_READ_ONLY = ("registryRead", b64(hashlib.sha256(b"sim reader primary").digest()),
+                 b64(hashlib.sha256(b"sim reader secondary").digest()), "RegistryRead")
+
+
+def hub_sas_token(host, policy_name, key_b64, ttl=3600):
+    """A service SAS token as Azure documents it (azure-iothub.md §1.3)."""
+    se = str(int(time.time()) + ttl)
+    sr = urllib.parse.quote(host, safe="")
+    mac = hmac.new(base64.b64decode(key_b64), f"{sr}\n{se}".encode(), hashlib.sha256).digest()
+    sig = urllib.parse.quote(b64(mac), safe="")
+    return f"SharedAccessSignature sr={sr}&sig={sig}&se={se}&skn={policy_name}"
+
+
+class IotHubSim:
+    """The iothub-sim process (HTTPS with a throwaway CA) and helpers for its APIs."""
+
+    def __init__(self, workdir):
+        self.workdir = pathlib.Path(workdir)
+        self.certs = self.workdir / "certs"
+        self.ca = str(self.certs / "ca.pem")
+        self.proc = None
+        self.port = None
+
+    def start(self):
+        if not os.access(SIM_BIN, os.X_OK):
+            pytest.fail(f"no iothub-sim binary at {SIM_BIN}: build the iothub-sim target or set "
+                        f"IOTHUB_SIM")
+        with alarm_paused():
+            out = subprocess.run(["bash", str(REPO / "scripts" / "gen-test-certs.sh"),
+                                  str(self.certs)], capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            pytest.fail(f"gen-test-certs.sh failed: {out.stderr[-2000:]}")
+        port_file = self.workdir / "port"
+        with contextlib.suppress(FileNotFoundError):
+            port_file.unlink()
+        argv = [SIM_BIN, "--cert", str(self.certs / "server.pem"),
+                "--key", str(self.certs / "server.key"), "--port-file", str(port_file), "--quiet"]
+        for policy in (SIM_OWNER, SIM_READ_ONLY):
+            argv += ["--policy", ":".join(policy)]
+        log = open(self.workdir / "iothub-sim.log", "ab")
+        self.proc = _register(subprocess.Popen(argv, stdout=log, stderr=log,
+                                               stdin=subprocess.DEVNULL, start_new_session=True))
+        log.close()
+
+        def port():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"iothub-sim exited with {self.proc.returncode}: "
+                                     + (self.workdir / "iothub-sim.log").read_text()[-2000:])
+            text = port_file.read_text() if port_file.exists() else ""
+            return int(text) if text.endswith("\n") else None
+
+        self.port = wait_until(port, 10, what="iothub-sim's port file")
+        self.ctx = ssl.create_default_context(cafile=self.ca)
+        return self
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    @property
+    def host(self):
+        """The HostName of the simulated hub (resolves through /etc/hosts)."""
+        return f"localhost:{self.port}"
+
+    def conn_str(self, policy=SIM_OWNER, key=None, host=None):
+        return (f"HostName={host or self.host};SharedAccessKeyName={policy[0]};"
+                f"SharedAccessKey={key or policy[1]}")
+
+    def integration(self, policy=SIM_OWNER, key=None, host=None, description=None):
+        return sas_integration(cs=self.conn_str(policy, key, host), description=description)
+
+    # ---- raw HTTPS
+
+    def _request(self, method, path, body=None, headers=None, timeout=10):
+        h = dict(headers or {})
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            h["Content-Type"] = "application/json; charset=utf-8"
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ctx,
+                                           timeout=timeout)
+        try:
+            conn.request(method, path, body=data, headers=h)
+            r = conn.getresponse()
+            return Response(r.status, r.reason, r.headers, r.read())
+        finally:
+            conn.close()
+
+    def call(self, method, path, body=None, headers=None, policy=SIM_OWNER):
+        """A service-API call, authorised with a SAS token of `policy`."""
+        h = {"Authorization": hub_sas_token(self.host, policy[0], policy[1])}
+        h.update(headers or {})
+        sep = "&" if "?" in path else "?"
+        return self._request(method, f"{path}{sep}{HUB_API_VERSION}", body, h)
+
+    def control(self, method, path, body=None):
+        r = self._request(method, f"/_sim/{path}", body)
+        assert r.status == 200, f"/_sim/{path}: {r}"
+        return r.json()
+
+    # ---- control API
+
+    def reset(self):
+        self.control("POST", "reset")
+        self.control("POST", "config", {"latency_ms": 0, "throttle": False})
+
+    def requests(self, since=0):
+        return self.control("GET", f"requests?since={since}")["requests"]
+
+    def last_seq(self):
+        log = self.requests()
+        return log[-1]["seq"] if log else 0
+
+    def twin_writes(self, since=0):
+        """Logged PUT/PATCH calls on /twins/... after `since`."""
+        return [e for e in self.requests(since)
+                if e["method"] in ("PUT", "PATCH") and e["path"].startswith("/twins/")]
+
+    def fault(self, **rule):
+        return self.control("POST", "faults", rule)
+
+    def clear_faults(self):
+        self.control("DELETE", "faults")
+
+    def twin(self, device_id):
+        """The stored twin (control API, not logged), or None."""
+        r = self._request("GET", f"/_sim/devices/{urllib.parse.quote(device_id, safe='')}")
+        if r.status == 404:
+            return None
+        assert r.status == 200, r
+        return r.json()["twin"]
+
+    def desired(self, device_id):
+        """The twin's desired properties without $metadata/$version."""
+        props = self.twin(device_id)["properties"]["desired"]
+        return {k: v for k, v in props.items() if not k.startswith("$")}
+
+    def device_exists(self, device_id):
+        return self.twin(device_id) is not None
+
+    def create_device(self, device_id, tags=None):
+        """Creates the identity (as provisioning would) and optionally tags its twin."""
+        quoted = urllib.parse.quote(device_id, safe="")
+        r = self.call("PUT", f"/devices/{quoted}", {"deviceId": device_id})
+        assert r.status == 200, r
+        if tags is not None:
+            r = self.call("PATCH", f"/twins/{quoted}", {"tags": tags}, headers={"If-Match": "*"})
+            assert r.status == 200, r
+        return r.json()
+
+    def set_desired(self, device_id, desired):
+        """Merges desired properties behind the service's back (another writer)."""
+        quoted = urllib.parse.quote(device_id, safe="")
+        r = self.call("PATCH", f"/twins/{quoted}", {"properties": {"desired": desired}})
+        assert r.status == 200, r
+        return r.json()
+
+    def set_reported(self, device_id, reported):
+        """Merges reported properties as the device would."""
+        return self.control("POST", f"devices/{urllib.parse.quote(device_id, safe='')}/reported",
+                            reported)
+
+
+@pytest.fixture(scope="session")
+def _iothub_sim_process(tmp_path_factory):
+    sim = IotHubSim(tmp_path_factory.mktemp("iothub-sim")).start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def iothub_sim(_iothub_sim_process):
+    """The session's simulator with no devices, faults, latency or request log."""
+    if _iothub_sim_process.proc.poll() is not None:
+        pytest.fail("iothub-sim died during an earlier test")
+    _iothub_sim_process.reset()
+    return _iothub_sim_process
+
+
+def hub_env(sim):
+    """Service settings for talking to the simulator (localhost is already whitelisted)."""
+    return {"IOT_MANAGER_HUB_CA_FILE": sim.ca, "IOT_MANAGER_HUB_ALLOW_PRIVATE_ADDRESSES": "true"}
+
+
+@pytest.fixture
+def hub_service_factory(service_factory, iothub_sim):
+    """make(env=None, **kw) -> a Service talking to the simulator, with `env` on top."""
+
+    def make(env=None, **kw):
+        merged = hub_env(iothub_sim)
+        merged.update(env or {})
+        return service_factory(env=merged, **kw)
+
+    return make
+
+
+@pytest.fixture
+def hub_service(hub_service_factory):
+    return hub_service_factory()
+
+
+def create_sim_integration(user, sim, **kw):
+    """Creates the tenant's iot-hub integration for the simulator; returns its id."""
+    r = user.create(sim.integration(**kw))
+    assert r.status == 201, r
+    return r.header("Location").rsplit("/", 1)[1]
+
+
+def new_device_id():
+    return str(uuid.uuid4())
+
+
+def provision_twin_device(service, sim, tenant, iid, device_id=None, tags=None):
+    """What provisioning leaves behind: the hub identity (tagged {"mender": true} like Mender)
+    and the device's link to the integration in our store."""
+    device_id = device_id or new_device_id()
+    sim.create_device(device_id, tags={"mender": True} if tags is None else tags)
+    service.link_device(tenant, device_id, iid)
+    return device_id
+
+
+# --------------------------------------------------------------------------------------------
+# Signed JWTs for verify mode (RS256 / EdDSA with integer kid, as useradm issues them)
+# --------------------------------------------------------------------------------------------
+
+USERADM_ISSUER = "mender.useradm"
+
+
+def useradm_claims(tenant="", roles=None, sub=None, lifetime=3600, **extra):
+    """A user token's claims as useradm writes them (mender-clients.md §5.1), plus roles."""
+    now = int(time.time())
+    claims = {"jti": str(uuid.uuid4()), "sub": sub or str(uuid.uuid4()), "exp": now + lifetime,
+              "iat": now, "nbf": now, "iss": USERADM_ISSUER, "scp": "mender.*",
+              "mender.user": True}
+    if tenant:
+        claims["mender.tenant"] = tenant
+    if roles is not None:
+        claims["mender.roles"] = list(roles)
+    claims.update(extra)
+    return claims
+
+
+class JwtKeys:
+    """useradm-like signing keys: RSA (kid 0) and Ed25519 (kid 1) whose public PEMs the service
+    is configured with, and an RSA key it does not know (forgeries)."""
+
+    RSA_KID = 0
+    ED_KID = 1
+
+    def __init__(self, workdir):
+        if ed25519 is None:
+            pytest.fail("python3-cryptography is required for the verify-mode tests")
+        self.dir = pathlib.Path(workdir)
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.ed = ed25519.Ed25519PrivateKey.generate()
+        self.other_rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.other_ed = ed25519.Ed25519PrivateKey.generate()
+        self.rsa_pem = self.dir / "useradm-0.pem"
+        self.ed_pem = self.dir / "useradm-1.pem"
+        self.rsa_public_pem = self._public_pem(self.rsa)
+        self.rsa_pem.write_bytes(self.rsa_public_pem)
+        self.ed_pem.write_bytes(self._public_pem(self.ed))
+
+    @staticmethod
+    def _public_pem(key):
+        return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def env(self, **extra):
+        """Service settings for verify mode with both keys."""
+        env = {"IOT_MANAGER_AUTH_MODE": "verify",
+               "IOT_MANAGER_JWT_KEYS": f"{self.RSA_KID}={self.rsa_pem} {self.ED_KID}={self.ed_pem}"}
+        env.update(extra)
+        return env
+
+    @staticmethod
+    def assemble(header, claims, sign):
+        """header.claims.signature; `sign` maps the signing input to signature bytes."""
+        head = b64url(json.dumps(header).encode())
+        body = b64url(json.dumps(claims).encode())
+        signing_input = f"{head}.{body}".encode()
+        return f"{head}.{body}.{b64url(sign(signing_input))}"
+
+    @staticmethod
+    def rsa_signer(key):
+        return lambda data: key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+
+    @staticmethod
+    def ed_signer(key):
+        return key.sign
+
+    def rs256(self, claims, kid=RSA_KID, key=None, header=None):
+        head = header or {"alg": "RS256", "kid": kid, "typ": "JWT"}
+        return self.assemble(head, claims, self.rsa_signer(key or self.rsa))
+
+    def eddsa(self, claims, kid=ED_KID, key=None, header=None):
+        head = header or {"alg": "EdDSA", "kid": kid, "typ": "JWT"}
+        return self.assemble(head, claims, self.ed_signer(key or self.ed))
+
+
+@pytest.fixture(scope="session")
+def jwt_keys(tmp_path_factory):
+    return JwtKeys(tmp_path_factory.mktemp("jwt-keys"))
