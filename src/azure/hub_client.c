@@ -5,12 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <curl/curl.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "azure/hub_internal.h"
 #include "iot-manager/log.h"
+#include "iot-manager/net.h"
 #include "iot-manager/sas.h"
 
 struct hub_client {
@@ -61,13 +61,9 @@ enum iot_err hub_client_new(const struct hub_options *opts, struct hub_client **
         opts->max_connections == 0 || opts->max_response_bytes == 0 ||
         opts->retry.max_attempts == 0 || opts->set_status_attempts == 0)
         return iot_error_set(err, IOT_ERR_CONFIG, "hub client: invalid options");
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-        return iot_error_set(err, IOT_ERR_INTERNAL, "hub client: curl_global_init failed");
     struct hub_client *c = calloc(1, sizeof *c);
-    if (!c) {
-        curl_global_cleanup();
+    if (!c)
         return iot_error_set(err, IOT_ERR_NOMEM, "hub client: out of memory");
-    }
     c->opts = *opts;
     c->opts.ca_file = NULL;
     c->opts.user_agent = NULL;
@@ -92,7 +88,6 @@ void hub_client_free(struct hub_client *c)
     ratelimit_free(c->rl);
     hub_token_cache_free(c->tokens);
     free(c);
-    curl_global_cleanup();
 }
 
 void hub_client_stats(struct hub_client *c, struct hub_client_stats *out)
@@ -108,13 +103,6 @@ void hub_client_stats(struct hub_client *c, struct hub_client_stats *out)
 }
 
 /* ---- the generic call ---- */
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int64_t wall_s(void)
 {
@@ -134,7 +122,7 @@ static uint32_t random_u32(void)
 {
     uint32_t r = 0;
     if (RAND_bytes((unsigned char *)&r, sizeof r) != 1)
-        r = (uint32_t)mono_ms(); /* jitter only needs to differ between callers */
+        r = (uint32_t)net_now_ms(); /* jitter only needs to differ between callers */
     return r;
 }
 
@@ -198,7 +186,7 @@ static enum iot_err hub_call(struct hub_client *c, const struct connstr *cs, con
     struct iot_error ierr = {0};
     enum iot_err rc;
     const struct hub_retry_policy *rp = &c->opts.retry;
-    int64_t t0 = mono_ms();
+    int64_t t0 = net_now_ms();
     memset(resp, 0, sizeof *resp);
 
     if ((rc = check_connstr(cs, herr)) != IOT_OK)
@@ -265,7 +253,7 @@ static enum iot_err hub_call(struct hub_client *c, const struct connstr *cs, con
             return herr->code;
         int64_t delay =
             hub_backoff_delay_ms(rp, attempt, herr->cls, herr->retry_after_ms, random_u32());
-        if (mono_ms() - t0 + delay > rp->max_total_ms)
+        if (net_now_ms() - t0 + delay > rp->max_total_ms)
             return herr->code;
         log_debug("IoT Hub %s %s%s: %s (attempt %u), retrying in %lld ms", k->method, cs->hostname,
                   k->prefix, hub_error_class_name(herr->cls), attempt, (long long)delay);

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "azure/hub_internal.h"
+#include "iot-manager/net.h"
 
 static bool is_alnum(unsigned char ch)
 {
@@ -26,20 +27,14 @@ bool hub_device_id_valid(const char *id)
 
 long hub_path_escape(const char *in, char *out, size_t cap)
 {
-    static const char hex[] = "0123456789ABCDEF";
     size_t o = 0;
+    char enc[3];
     for (const unsigned char *p = (const unsigned char *)in; *p; p++) {
-        bool keep = is_alnum(*p) || *p == '-' || *p == '.' || *p == '_' || *p == '~';
-        size_t need = keep ? 1 : 3;
+        size_t need = net_escape_byte(*p, false, enc);
         if (o + need >= cap)
             return -1;
-        if (keep) {
-            out[o++] = (char)*p;
-        } else {
-            out[o++] = '%';
-            out[o++] = hex[*p >> 4];
-            out[o++] = hex[*p & 0x0f];
-        }
+        memcpy(out + o, enc, need);
+        o += need;
     }
     if (o >= cap)
         return -1;

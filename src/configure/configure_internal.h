@@ -3,12 +3,11 @@
 #ifndef IOTM_CONFIGURE_INTERNAL_H
 #define IOTM_CONFIGURE_INTERNAL_H
 
-#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
-#include <curl/curl.h>
 
 #include "iot-manager/configure.h"
+#include "iot-manager/net.h"
 
 /* Longest URL we build: a deviceauth listing of 500 ids percent-encoded stays far below. */
 #define MENDER_URL_MAX (256 * 1024)
@@ -23,18 +22,8 @@ struct mender_client {
     char *workflows_url;
     char *deviceconfig_url;
     char *deviceauth_url;
-    long connect_timeout_ms;
     long timeout_ms;
-
-    CURLSH *share;
-    pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST];
-
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    CURL **idle; /* stack of free handles */
-    size_t n_idle;
-    size_t n_total; /* handles created, idle or in use */
-    size_t max;
+    struct net_pool *pool; /* owned */
 };
 
 struct mender_request {

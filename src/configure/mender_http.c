@@ -1,34 +1,25 @@
 /* HTTP transport of the clients of Mender's own services (workflows, deviceconfig, deviceauth).
  *
- * Concurrency: a bounded pool of curl easy handles, taken by the calling thread for one exchange
- * and given back afterwards (LIFO, so the warmest handle and its live connection are reused
- * first). Callers are worker threads that block on the call anyway, so each drives its own
- * transfer; the pool size bounds the connections opened to Mender's services. Handles share DNS
- * and TLS session caches through one CURLSH, not connections (libcurl does not support a shared
- * connection cache used from concurrent threads).
- *
- * Policy: connect and total timeouts on every call, redirects never followed (a 3xx answer is an
- * error), http and https only (Mender's internal services speak plain http inside the cluster),
- * proxies from the environment ignored: the Configure call carries a device's connection
- * string, which must go to deviceconfig or workflows and nowhere else. (The original's Go client
- * would honour HTTP_PROXY; internal services are not reached through an egress proxy.)
+ * Concurrency and policy: the shared handle pool of src/net (include/iot-manager/net.h); its size
+ * bounds the connections opened to Mender's services. Redirects are never followed (a 3xx answer
+ * is an error); http and https are allowed (Mender's internal services speak plain http inside
+ * the cluster); proxies from the environment are ignored: the Configure call carries a device's
+ * connection string, which must go to deviceconfig or workflows and nowhere else. (The original's
+ * Go client would honour HTTP_PROXY; internal services are not reached through an egress proxy.)
  *
  * Secrets: request bodies are the caller's, and wiped by it; messages never quote a request body,
  * and an excerpt of an error answer is withheld when it echoes the connection string.
  */
-#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 #include <jansson.h>
 
 #include "configure/configure_internal.h"
 
-#define HEADER_LINE_MAX (MENDER_REQUEST_ID_MAX + 32)
-#define EXCERPT_MAX     160
+#define EXCERPT_MAX 160
 
 void mender_wipe(void *p, size_t n)
 {
@@ -90,23 +81,6 @@ static enum iot_err normalise_url(const char *name, const char *in, char **out,
     return IOT_OK;
 }
 
-static void share_lock(CURL *handle, curl_lock_data data, curl_lock_access access, void *userp)
-{
-    (void)handle;
-    (void)access;
-    struct mender_client *c = userp;
-    if ((unsigned)data < CURL_LOCK_DATA_LAST)
-        pthread_mutex_lock(&c->share_mu[data]);
-}
-
-static void share_unlock(CURL *handle, curl_lock_data data, void *userp)
-{
-    (void)handle;
-    struct mender_client *c = userp;
-    if ((unsigned)data < CURL_LOCK_DATA_LAST)
-        pthread_mutex_unlock(&c->share_mu[data]);
-}
-
 enum iot_err mender_client_new(const struct mender_client_options *o, struct mender_client **out,
                                struct iot_error *err)
 {
@@ -118,26 +92,12 @@ enum iot_err mender_client_new(const struct mender_client_options *o, struct men
     if (o->max_connections == 0 || o->max_connections > 1024)
         return iot_error_set(err, IOT_ERR_CONFIG,
                              "mender client: max_connections must be within 1..1024");
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-        return iot_error_set(err, IOT_ERR_INTERNAL, "mender client: curl_global_init failed");
 
     struct mender_client *c = calloc(1, sizeof *c);
-    if (!c) {
-        curl_global_cleanup();
+    if (!c)
         return iot_error_set(err, IOT_ERR_NOMEM, "mender client: out of memory");
-    }
-    for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
-        pthread_mutex_init(&c->share_mu[i], NULL);
-    pthread_mutex_init(&c->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->cv, &ca);
-    pthread_condattr_destroy(&ca);
     c->mode = o->mode;
-    c->connect_timeout_ms = o->connect_timeout_ms;
     c->timeout_ms = o->timeout_ms;
-    c->max = o->max_connections;
 
     enum iot_err rc = normalise_url("workflows", o->workflows_url, &c->workflows_url, err);
     if (rc == IOT_OK)
@@ -150,18 +110,13 @@ enum iot_err mender_client_new(const struct mender_client_options *o, struct men
         rc = iot_error_set(err, IOT_ERR_CONFIG,
                            "configure mode deviceconfig needs the deviceconfig URL");
     if (rc == IOT_OK) {
-        c->idle = calloc(c->max, sizeof *c->idle);
-        if (!c->idle)
-            rc = iot_error_set(err, IOT_ERR_NOMEM, "mender client: out of memory");
-    }
-    if (rc == IOT_OK) {
-        c->share = curl_share_init();
-        if (!c->share || curl_share_setopt(c->share, CURLSHOPT_LOCKFUNC, share_lock) ||
-            curl_share_setopt(c->share, CURLSHOPT_UNLOCKFUNC, share_unlock) ||
-            curl_share_setopt(c->share, CURLSHOPT_USERDATA, c) ||
-            curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) ||
-            curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION))
-            rc = iot_error_set(err, IOT_ERR_INTERNAL, "mender client: cannot set up curl sharing");
+        /* Mender's internal services speak plain http inside the cluster. */
+        struct net_pool_options po = {.what = "mender client",
+                                      .max_handles = o->max_connections,
+                                      .connect_timeout_ms = o->connect_timeout_ms,
+                                      .total_timeout_ms = o->timeout_ms,
+                                      .allow_plain_http = true};
+        rc = net_pool_new(&po, &c->pool, err);
     }
     if (rc != IOT_OK) {
         mender_client_free(c);
@@ -175,110 +130,14 @@ void mender_client_free(struct mender_client *c)
 {
     if (!c)
         return;
-    for (size_t i = 0; i < c->n_idle; i++)
-        curl_easy_cleanup(c->idle[i]);
-    if (c->share)
-        curl_share_cleanup(c->share);
-    for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
-        pthread_mutex_destroy(&c->share_mu[i]);
-    pthread_cond_destroy(&c->cv);
-    pthread_mutex_destroy(&c->mu);
-    free(c->idle);
+    net_pool_free(c->pool);
     free(c->workflows_url);
     free(c->deviceconfig_url);
     free(c->deviceauth_url);
     free(c);
-    curl_global_cleanup();
-}
-
-/* ---- handle pool ---- */
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static CURL *pool_take(struct mender_client *c, long wait_ms)
-{
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += wait_ms / 1000;
-    deadline.tv_nsec += (wait_ms % 1000) * 1000000;
-    if (deadline.tv_nsec >= 1000000000) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000;
-    }
-    CURL *e = NULL;
-    bool create = false;
-    pthread_mutex_lock(&c->mu);
-    while (c->n_idle == 0 && c->n_total >= c->max) {
-        if (pthread_cond_timedwait(&c->cv, &c->mu, &deadline) == ETIMEDOUT)
-            break;
-    }
-    if (c->n_idle > 0) {
-        e = c->idle[--c->n_idle];
-    } else if (c->n_total < c->max) {
-        c->n_total++; /* reserve the slot; create outside the lock */
-        create = true;
-    }
-    pthread_mutex_unlock(&c->mu);
-    if (create) {
-        e = curl_easy_init();
-        if (!e) {
-            pthread_mutex_lock(&c->mu);
-            c->n_total--;
-            pthread_cond_signal(&c->cv);
-            pthread_mutex_unlock(&c->mu);
-        }
-    }
-    return e;
-}
-
-static void pool_give(struct mender_client *c, CURL *e)
-{
-    pthread_mutex_lock(&c->mu);
-    c->idle[c->n_idle++] = e;
-    pthread_cond_signal(&c->cv);
-    pthread_mutex_unlock(&c->mu);
 }
 
 /* ---- one exchange ---- */
-
-struct exchange {
-    struct mender_response *resp;
-    size_t cap;
-    bool too_large;
-    bool nomem;
-};
-
-static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
-{
-    struct exchange *x = userp;
-    struct mender_response *r = x->resp;
-    size_t n = size * nmemb;
-    if (n > MENDER_RESPONSE_MAX - r->len) {
-        x->too_large = true;
-        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
-    }
-    if (r->len + n + 1 > x->cap) {
-        size_t cap = x->cap ? x->cap : 4096;
-        while (cap < r->len + n + 1)
-            cap *= 2;
-        char *nb = realloc(r->body, cap);
-        if (!nb) {
-            x->nomem = true;
-            return 0;
-        }
-        r->body = nb;
-        x->cap = cap;
-    }
-    memcpy(r->body + r->len, data, n);
-    r->len += n;
-    r->body[r->len] = '\0';
-    return n;
-}
 
 void mender_response_clear(struct mender_response *r)
 {
@@ -286,24 +145,6 @@ void mender_response_clear(struct mender_response *r)
         return;
     free(r->body);
     memset(r, 0, sizeof *r);
-}
-
-static struct curl_slist *add_header(struct curl_slist *list, bool *ok, const char *name,
-                                     const char *value)
-{
-    if (!*ok)
-        return list;
-    char line[HEADER_LINE_MAX];
-    int n = value ? snprintf(line, sizeof line, "%s: %s", name, value)
-                  : snprintf(line, sizeof line, "%s:", name);
-    struct curl_slist *next = NULL;
-    if (n > 0 && (size_t)n < sizeof line)
-        next = curl_slist_append(list, line);
-    if (!next) {
-        *ok = false;
-        return list;
-    }
-    return next;
 }
 
 static bool request_id_ok(const char *id)
@@ -317,7 +158,7 @@ static bool request_id_ok(const char *id)
     return true;
 }
 
-static enum iot_err class_of_curl(CURLcode cc, const struct exchange *x)
+static enum iot_err class_of_curl(CURLcode cc, const struct net_body *body)
 {
     switch (cc) {
     case CURLE_OPERATION_TIMEDOUT:
@@ -330,7 +171,7 @@ static enum iot_err class_of_curl(CURLcode cc, const struct exchange *x)
     case CURLE_SSL_CONNECT_ERROR:
         return IOT_ERR_UNAVAILABLE;
     case CURLE_WRITE_ERROR:
-        return x->nomem ? IOT_ERR_NOMEM : IOT_ERR_UPSTREAM;
+        return body->nomem ? IOT_ERR_NOMEM : IOT_ERR_UPSTREAM;
     case CURLE_OUT_OF_MEMORY:
         return IOT_ERR_NOMEM;
     case CURLE_UNSUPPORTED_PROTOCOL:
@@ -351,64 +192,35 @@ enum iot_err mender_http_perform(struct mender_client *c, const struct mender_re
                              "%s: request id must be printable ASCII of at most %d characters",
                              req->what, MENDER_REQUEST_ID_MAX);
 
-    struct exchange x = {.resp = resp};
+    struct net_body body = {.max = MENDER_RESPONSE_MAX};
     struct curl_slist *headers = NULL;
     enum iot_err rc = IOT_OK;
-    int64_t t0 = mono_ms();
+    int64_t t0 = net_now_ms();
 
-    CURL *e = pool_take(c, c->timeout_ms);
+    CURL *e = net_pool_checkout(c->pool, c->timeout_ms);
     if (!e)
         return iot_error_set(err, IOT_ERR_UNAVAILABLE, "%s: no free connection within %ld ms",
                              req->what, c->timeout_ms);
-    /* Keeps live connections; drops every option of the previous call. */
-    curl_easy_reset(e);
 
     bool ok = true;
-    headers = add_header(headers, &ok, "Accept", "application/json");
-    headers = add_header(headers, &ok, "Expect", NULL); /* no 100-continue round trip */
+    headers = net_header_add(headers, &ok, "Accept", "application/json");
+    headers = net_header_add(headers, &ok, "Expect", NULL); /* no 100-continue round trip */
     if (req->body)
-        headers = add_header(headers, &ok, "Content-Type", "application/json");
+        headers = net_header_add(headers, &ok, "Content-Type", "application/json");
     if (rid)
-        headers = add_header(headers, &ok, "X-MEN-RequestID", rid);
+        headers = net_header_add(headers, &ok, "X-MEN-RequestID", rid);
     if (!ok) {
         rc = iot_error_set(err, IOT_ERR_NOMEM, "%s: cannot build request headers", req->what);
         goto out;
     }
 
-    CURLcode cc = CURLE_OK;
-#define SET(opt, val)                                                                              \
-    do {                                                                                           \
-        if (cc == CURLE_OK)                                                                        \
-            cc = curl_easy_setopt(e, opt, val);                                                    \
-    } while (0)
-    SET(CURLOPT_URL, req->url);
-    SET(CURLOPT_HTTPHEADER, headers);
-    SET(CURLOPT_USERAGENT, "iot-manager/" IOTM_VERSION);
-    SET(CURLOPT_SHARE, c->share);
-    SET(CURLOPT_NOSIGNAL, 1L);
-    SET(CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
-    SET(CURLOPT_TIMEOUT_MS, c->timeout_ms);
-    SET(CURLOPT_PROTOCOLS_STR, "http,https");
-    SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-    SET(CURLOPT_FOLLOWLOCATION, 0L);
-    SET(CURLOPT_MAXREDIRS, 0L);
-    SET(CURLOPT_PROXY, "");
-    SET(CURLOPT_SSL_VERIFYPEER, 1L);
-    SET(CURLOPT_SSL_VERIFYHOST, 2L);
-    SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    SET(CURLOPT_TCP_KEEPALIVE, 1L);
-    SET(CURLOPT_WRITEFUNCTION, on_body);
-    SET(CURLOPT_WRITEDATA, &x);
-    if (req->body) {
-        SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
-        SET(CURLOPT_POSTFIELDS, req->body);
-        SET(CURLOPT_CUSTOMREQUEST, req->method);
-    } else if (strcmp(req->method, "GET") == 0) {
-        SET(CURLOPT_HTTPGET, 1L);
-    } else {
-        SET(CURLOPT_CUSTOMREQUEST, req->method);
-    }
-#undef SET
+    CURLcode cc = net_pool_prepare(c->pool, e);
+    NET_SETOPT(cc, e, CURLOPT_URL, req->url);
+    NET_SETOPT(cc, e, CURLOPT_HTTPHEADER, headers);
+    NET_SETOPT(cc, e, CURLOPT_WRITEFUNCTION, net_body_write);
+    NET_SETOPT(cc, e, CURLOPT_WRITEDATA, &body);
+    if (cc == CURLE_OK)
+        cc = net_set_method(e, req->method, req->body, req->body_len);
     if (cc != CURLE_OK) {
         rc = iot_error_set(err, IOT_ERR_INTERNAL, "%s: curl option refused: %s", req->what,
                            curl_easy_strerror(cc));
@@ -417,28 +229,22 @@ enum iot_err mender_http_perform(struct mender_client *c, const struct mender_re
 
     cc = curl_easy_perform(e);
     if (cc != CURLE_OK) {
-        rc = class_of_curl(cc, &x);
-        if (x.too_large)
+        rc = class_of_curl(cc, &body);
+        if (body.too_large)
             iot_error_set(err, rc, "%s: answer larger than %d bytes", req->what,
                           MENDER_RESPONSE_MAX);
         else
             iot_error_set(err, rc, "%s: request failed after %lld ms: %s", req->what,
-                          (long long)(mono_ms() - t0), curl_easy_strerror(cc));
-        mender_response_clear(resp);
+                          (long long)(net_now_ms() - t0), curl_easy_strerror(cc));
         goto out;
     }
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &resp->status);
-    if (!resp->body) {
-        resp->body = calloc(1, 1);
-        if (!resp->body)
-            rc = iot_error_set(err, IOT_ERR_NOMEM, "%s: out of memory", req->what);
-    }
+    if (!net_body_take(&body, &resp->body, &resp->len))
+        rc = iot_error_set(err, IOT_ERR_NOMEM, "%s: out of memory", req->what);
 out:
-    /* The handle still points at our header list and body: unhook them before it is reused. */
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
-    pool_give(c, e);
-    curl_slist_free_all(headers);
+    net_pool_checkin(c->pool, e); /* unhooks our header list and body from the handle */
+    net_body_free(&body);
+    net_headers_free(headers);
     return rc;
 }
 
@@ -587,39 +393,20 @@ void mender_buf_addc(struct mender_buf *b, char ch)
     mender_buf_add(b, &ch, 1);
 }
 
-static const char hex_upper[] = "0123456789ABCDEF";
 static const char hex_lower[] = "0123456789abcdef";
-
-static bool unreserved(unsigned char ch)
-{
-    return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-           ch == '-' || ch == '.' || ch == '_' || ch == '~';
-}
 
 void mender_buf_add_path_segment(struct mender_buf *b, const char *s)
 {
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (unreserved(*p)) {
-            mender_buf_addc(b, (char)*p);
-        } else {
-            char enc[3] = {'%', hex_upper[*p >> 4], hex_upper[*p & 0xf]};
-            mender_buf_add(b, enc, 3);
-        }
-    }
+    char enc[3];
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        mender_buf_add(b, enc, net_escape_byte(*p, false, enc));
 }
 
 void mender_buf_add_query_value(struct mender_buf *b, const char *s)
 {
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (unreserved(*p)) {
-            mender_buf_addc(b, (char)*p);
-        } else if (*p == ' ') {
-            mender_buf_addc(b, '+');
-        } else {
-            char enc[3] = {'%', hex_upper[*p >> 4], hex_upper[*p & 0xf]};
-            mender_buf_add(b, enc, 3);
-        }
-    }
+    char enc[3];
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        mender_buf_add(b, enc, net_escape_byte(*p, true, enc));
 }
 
 /* Length of the valid UTF-8 sequence at `p` (2..4) and its code point, or 0 when invalid:

@@ -1,4 +1,4 @@
-/* Private to the store layer: what both adapters share about the event log's `data`.
+/* Private to the store layer: what both adapters share (the event log's `data`, list growth).
  *
  * Mender's Go service keeps the two time fields of a device event (`created_ts` and each
  * `auth_sets[].ts`) as time.Time, so MongoDB holds them as BSON dates with millisecond precision
@@ -9,7 +9,9 @@
 #define IOTM_STORE_INTERNAL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include <jansson.h>
 
@@ -41,5 +43,21 @@ enum store_data_pos store_data_child(enum store_data_pos pos, const char *key, b
  * canonical millisecond form (new reference, caller-owned; NULL when `data` is NULL or memory
  * runs out — *nomem tells the two apart). */
 json_t *store_event_data_canonical(const json_t *data, bool *nomem);
+
+/* `items` (an array of *cap elements of `size` bytes) with room for one more after `len`: the
+ * same array, a larger one (the old one then freed), or NULL when memory runs out (the old one
+ * then untouched). Both adapters build their result lists with it. */
+static inline void *store_grow(void *items, size_t *cap, size_t len, size_t size)
+{
+    if (len < *cap)
+        return items;
+    size_t ncap = *cap ? *cap * 2 : 4;
+    if (ncap > SIZE_MAX / size)
+        return NULL;
+    void *grown = realloc(items, ncap * size);
+    if (grown)
+        *cap = ncap;
+    return grown;
+}
 
 #endif

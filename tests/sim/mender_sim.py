@@ -198,6 +198,11 @@ class Handler(BaseHTTPRequestHandler):
             body = None  # these never carry a body: one would desynchronise a kept-alive stream
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        # record the outcome before answering: a client may read the log right after the answer
+        self.sent_status = status
+        entry = getattr(self, "current_entry", None)
+        if entry is not None:
+            entry["status"] = status
         try:
             self.send_response(status)
             if body is not None:
@@ -210,7 +215,6 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (timeout tests)
-        self.sent_status = status
 
     def do_GET(self):
         self.dispatch()
@@ -230,6 +234,7 @@ class Handler(BaseHTTPRequestHandler):
     def dispatch(self):
         raw_path, _, query = self.path.partition("?")
         self.sent_status = None
+        self.current_entry = None
         try:
             body = self.read_body()
         except (HTTPError, ValueError) as e:
@@ -254,6 +259,7 @@ class Handler(BaseHTTPRequestHandler):
         }
         with STATE.lock:
             STATE.requests.append(entry)
+        self.current_entry = entry
         try:
             fault = take_fault(self.command, raw_path)
             if fault and fault.get("latency_ms"):
@@ -273,7 +279,7 @@ class Handler(BaseHTTPRequestHandler):
                 "x-men-requestid", "")})
         except Exception as e:  # a simulator bug must show, not hang the client
             self.send(500, {"error": "simulator: %r" % e})
-        entry["status"] = self.sent_status
+        self.current_entry = None
 
     # --- the three services ---
 

@@ -14,25 +14,22 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <curl/curl.h>
 
 #include "azure/hub_internal.h"
 #include "iot-manager/hub.h"
-
-extern char **environ;
+#include "support/http.h"
+#include "support/spawn.h"
 
 #define KEY_A "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 #define KEY_B "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE="
@@ -50,28 +47,16 @@ struct fixture {
 
 /* ---- process plumbing ---- */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
 static const char *sim_binary(char *buf, size_t cap)
 {
-    const char *env = getenv("IOTHUB_SIM");
-    if (env && *env)
-        return env;
 #ifdef IOTHUB_SIM_PATH
-    return IOTHUB_SIM_PATH;
+    (void)buf;
+    (void)cap;
+    return support_env_or("IOTHUB_SIM", IOTHUB_SIM_PATH);
 #else
+    const char *env = support_env_or("IOTHUB_SIM", NULL);
+    if (env)
+        return env;
     /* next to this test in the build tree */
     ssize_t n = readlink("/proc/self/exe", buf, cap - 16);
     if (n <= 0)
@@ -87,42 +72,11 @@ static const char *sim_binary(char *buf, size_t cap)
 
 static const char *source_dir(void)
 {
-    const char *env = getenv("IOTM_SOURCE_DIR");
-    if (env && *env)
-        return env;
 #ifdef IOTM_SOURCE_DIR
-    return IOTM_SOURCE_DIR;
+    return support_env_or("IOTM_SOURCE_DIR", IOTM_SOURCE_DIR);
 #else
-    return NULL;
+    return support_env_or("IOTM_SOURCE_DIR", NULL);
 #endif
-}
-
-static int run_wait(char *const argv[], const char *log)
-{
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-    posix_spawn_file_actions_addopen(&fa, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-    pid_t pid;
-    int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0)
-        return -1;
-    int status;
-    if (waitpid(pid, &status, 0) != pid)
-        return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-static void dump_log(const struct fixture *f)
-{
-    FILE *fp = fopen(f->log, "r");
-    if (!fp)
-        return;
-    char line[512];
-    while (fgets(line, sizeof line, fp))
-        print_error("  | %s", line);
-    fclose(fp);
 }
 
 static unsigned start_sim(struct fixture *f)
@@ -142,9 +96,9 @@ static unsigned start_sim(struct fixture *f)
     snprintf(script, sizeof script, "%s/scripts/gen-test-certs.sh", src);
     char bash[] = "/bin/bash";
     char *gen[] = {bash, script, f->dir, NULL};
-    if (run_wait(gen, f->log) != 0) {
+    if (support_run(gen, f->log) != 0) {
         print_error("gen-test-certs.sh failed\n");
-        dump_log(f);
+        support_dump_log(f->log);
         return 0;
     }
     char listen[] = "--listen=127.0.0.1:0";
@@ -158,37 +112,10 @@ static unsigned start_sim(struct fixture *f)
     char threads[] = "--threads=8";
     char quiet[] = "--quiet";
     char *argv[] = {(char *)sim, listen, pf, cert, key, owner, reader, threads, quiet, NULL};
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, f->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-    posix_spawn_file_actions_addopen(&fa, 2, f->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-    int rc = posix_spawn(&f->pid, sim, &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) {
-        print_error("cannot spawn %s: %s\n", sim, strerror(rc));
+    f->pid = support_spawn(argv, f->log, false);
+    if (!f->pid)
         return 0;
-    }
-    for (int64_t deadline = now_ms() + 15000; now_ms() < deadline; sleep_ms(20)) {
-        int status;
-        if (waitpid(f->pid, &status, WNOHANG) == f->pid) {
-            f->pid = 0;
-            print_error("iothub-sim exited early\n");
-            dump_log(f);
-            return 0;
-        }
-        FILE *fp = fopen(f->portfile, "r");
-        unsigned port = 0;
-        if (fp) {
-            char nl = 0;
-            int got = fscanf(fp, "%u%c", &port, &nl);
-            fclose(fp);
-            if (got == 2 && nl == '\n' && port > 0)
-                return port;
-        }
-    }
-    print_error("iothub-sim did not write its port file\n");
-    dump_log(f);
-    return 0;
+    return support_wait_port_file(&f->pid, "iothub-sim", f->portfile, f->log, 15000);
 }
 
 static void parse_cs(const char *text, struct connstr *cs)
@@ -253,11 +180,7 @@ static int group_teardown(void **state)
     struct fixture *f = *state;
     if (!f)
         return 0;
-    if (f->pid > 0) {
-        kill(f->pid, SIGTERM);
-        int status;
-        waitpid(f->pid, &status, 0);
-    }
+    support_stop(&f->pid);
     if (f->ctl)
         curl_easy_cleanup(f->ctl);
     connstr_clear(&f->owner);
@@ -272,55 +195,13 @@ static int group_teardown(void **state)
 
 /* ---- control API ---- */
 
-struct buf {
-    char *p;
-    size_t n;
-};
-
-static size_t buf_write(char *d, size_t s, size_t n, void *u)
-{
-    struct buf *b = u;
-    char *np = realloc(b->p, b->n + s * n + 1);
-    if (!np)
-        return 0;
-    b->p = np;
-    memcpy(b->p + b->n, d, s * n);
-    b->n += s * n;
-    b->p[b->n] = '\0';
-    return s * n;
-}
-
 /* Calls the simulator's control API; returns the status and (if `out`) the JSON answer. */
 static long ctl(struct fixture *f, const char *method, const char *path, const char *body,
                 json_t **out)
 {
-    char url[512];
+    char url[1100]; /* host (64) + any path we build */
     snprintf(url, sizeof url, "https://%s%s", f->host, path);
-    struct buf b = {0};
-    CURL *e = f->ctl;
-    curl_easy_reset(e);
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_CAINFO, f->ca);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 10000L);
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, buf_write);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-    if (body)
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
-    long status = 0;
-    CURLcode cc = curl_easy_perform(e);
-    if (cc == CURLE_OK)
-        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
-    else
-        print_error("control call %s %s: %s\n", method, path, curl_easy_strerror(cc));
-    curl_slist_free_all(h);
-    if (out)
-        *out = b.p ? json_loads(b.p, 0, NULL) : NULL;
-    free(b.p);
-    return status;
+    return support_http_json(f->ctl, method, url, f->ca, body, out);
 }
 
 static void ctl_ok(struct fixture *f, const char *method, const char *path, const char *body)
@@ -694,7 +575,7 @@ static void test_set_status_412_retry(void **state)
     struct status_job job = {.c = c, .cs = &f->owner};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, set_status_thread, &job), 0);
-    sleep_ms(150);
+    support_sleep_ms(150);
     bool changed;
     assert_int_equal(hub_device_set_status(c, &f->owner, "race", HUB_STATUS_ENABLED, "other writer",
                                            NULL, &changed, &e),
@@ -863,18 +744,18 @@ static void test_errors_throttled(void **state)
 
     /* with retries: waits what Retry-After says, then succeeds */
     fault(f, "{\"match\":\"GET /devices\",\"status\":429,\"retry_after\":1,\"count\":1}");
-    int64_t t0 = now_ms();
+    int64_t t0 = support_now_ms();
     assert_int_equal(hub_device_get(retrying, &f->owner, "t1", &d, &e), IOT_OK);
-    int64_t took = now_ms() - t0;
+    int64_t took = support_now_ms() - t0;
     assert_true(took >= 990);
     assert_int_equal(e.attempts, 2);
     hub_device_clear(&d);
 
     /* a Retry-After beyond the call's budget: give up at once and pass it on */
     fault(f, "{\"match\":\"GET /devices\",\"status\":429,\"retry_after\":30,\"count\":1}");
-    t0 = now_ms();
+    t0 = support_now_ms();
     assert_int_equal(hub_device_get(retrying, &f->owner, "t1", &d, &e), IOT_ERR_THROTTLED);
-    assert_true(now_ms() - t0 < 1000);
+    assert_true(support_now_ms() - t0 < 1000);
     assert_int_equal(e.retry_after_ms, 30000);
     assert_int_equal(e.attempts, 1);
 
@@ -1035,15 +916,15 @@ static void test_errors_timeout(void **state)
     struct hub_device d;
     create(c, f, "slow");
     fault(f, "{\"match\":\"GET /devices/slow\",\"latency_ms\":1500,\"count\":1}");
-    int64_t t0 = now_ms();
+    int64_t t0 = support_now_ms();
     assert_int_equal(hub_device_get(c, &f->owner, "slow", &d, &e), IOT_ERR_TIMEOUT);
-    int64_t took = now_ms() - t0;
+    int64_t took = support_now_ms() - t0;
     assert_int_equal(e.cls, HUB_ERR_TIMEOUT);
     assert_int_equal(e.http_status, 0);
     assert_true(took >= 250 && took < 1200);
     assert_true(hub_error_is_retryable(e.cls));
     hub_client_free(c);
-    sleep_ms(1300); /* let the simulator finish the delayed answer before the next test */
+    support_sleep_ms(1300); /* let the simulator finish the delayed answer before the next test */
     c = client(f);
     assert_int_equal(hub_device_get(c, &f->owner, "slow", &d, &e), IOT_OK);
     hub_device_clear(&d);
@@ -1295,11 +1176,11 @@ struct loader {
 static void *loader_run(void *arg)
 {
     struct loader *l = arg;
-    while (now_ms() < l->end_ms) {
+    while (support_now_ms() < l->end_ms) {
         struct hub_twin t;
         struct hub_error e;
         enum iot_err rc = hub_twin_get(l->c, &l->f->owner, "thr", &t, &e);
-        int64_t done = now_ms();
+        int64_t done = support_now_ms();
         if (rc == IOT_OK) {
             if (done >= l->start_ms && done < l->end_ms)
                 l->ok_in_window++;
@@ -1332,7 +1213,7 @@ static void test_throttle_shared_quota(void **state)
 
     /* Let the limiter's one-second burst go by, then count accepted calls in a fixed window in
      * which only the sustained rate can be served. */
-    int64_t t0 = now_ms();
+    int64_t t0 = support_now_ms();
     struct loader l[THREADS];
     pthread_t th[THREADS];
     for (int i = 0; i < THREADS; i++) {

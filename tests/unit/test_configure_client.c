@@ -15,24 +15,21 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <curl/curl.h>
 #include <jansson.h>
 
 #include "iot-manager/configure.h"
-
-extern char **environ;
+#include "support/http.h"
+#include "support/spawn.h"
 
 #define TENANT  "5f0c1c3e0b0a1c2d3e4f5a6b"
 #define KEY     "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY="
@@ -49,41 +46,13 @@ struct fixture {
 
 /* ---- process plumbing ---- */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
 static const char *sim_script(void)
 {
-    const char *env = getenv("MENDER_SIM");
-    if (env && *env)
-        return env;
 #ifdef MENDER_SIM_PATH
-    return MENDER_SIM_PATH;
+    return support_env_or("MENDER_SIM", MENDER_SIM_PATH);
 #else
-    return NULL;
+    return support_env_or("MENDER_SIM", NULL);
 #endif
-}
-
-static void dump_log(const struct fixture *f)
-{
-    FILE *fp = fopen(f->log, "r");
-    if (!fp)
-        return;
-    char line[512];
-    while (fgets(line, sizeof line, fp))
-        print_error("  | %s", line);
-    fclose(fp);
 }
 
 static unsigned start_sim(struct fixture *f)
@@ -93,45 +62,15 @@ static unsigned start_sim(struct fixture *f)
         print_error("mender_sim.py not found (%s): set MENDER_SIM\n", script ? script : "?");
         return 0;
     }
-    const char *py = getenv("PYTHON3");
-    if (!py || !*py)
-        py = "python3";
+    const char *py = support_env_or("PYTHON3", "python3");
     char pf[160];
     snprintf(pf, sizeof pf, "--port-file=%s", f->portfile);
     char quiet[] = "--quiet";
     char *argv[] = {(char *)py, (char *)script, pf, quiet, NULL};
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, f->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-    posix_spawn_file_actions_addopen(&fa, 2, f->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-    int rc = posix_spawnp(&f->pid, py, &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) {
-        print_error("cannot spawn %s: %s\n", py, strerror(rc));
-        f->pid = 0;
+    f->pid = support_spawn(argv, f->log, true);
+    if (!f->pid)
         return 0;
-    }
-    for (int64_t deadline = now_ms() + 15000; now_ms() < deadline; sleep_ms(20)) {
-        int status;
-        if (waitpid(f->pid, &status, WNOHANG) == f->pid) {
-            f->pid = 0;
-            print_error("mender_sim.py exited early\n");
-            dump_log(f);
-            return 0;
-        }
-        FILE *fp = fopen(f->portfile, "r");
-        unsigned port = 0;
-        if (fp) {
-            char nl = 0;
-            int got = fscanf(fp, "%u%c", &port, &nl);
-            fclose(fp);
-            if (got == 2 && nl == '\n' && port > 0)
-                return port;
-        }
-    }
-    print_error("mender_sim.py did not write its port file\n");
-    dump_log(f);
-    return 0;
+    return support_wait_port_file(&f->pid, "mender_sim.py", f->portfile, f->log, 15000);
 }
 
 static int group_setup(void **state)
@@ -160,11 +99,7 @@ static int group_teardown(void **state)
     struct fixture *f = *state;
     if (!f)
         return 0;
-    if (f->pid > 0) {
-        kill(f->pid, SIGTERM);
-        int status;
-        waitpid(f->pid, &status, 0);
-    }
+    support_stop(&f->pid);
     if (f->ctl)
         curl_easy_cleanup(f->ctl);
     unlink(f->portfile);
@@ -178,24 +113,6 @@ static int group_teardown(void **state)
 
 /* ---- control API ---- */
 
-struct buf {
-    char *p;
-    size_t n;
-};
-
-static size_t buf_write(char *d, size_t s, size_t n, void *u)
-{
-    struct buf *b = u;
-    char *np = realloc(b->p, b->n + s * n + 1);
-    if (!np)
-        return 0;
-    b->p = np;
-    memcpy(b->p + b->n, d, s * n);
-    b->n += s * n;
-    b->p[b->n] = '\0';
-    return s * n;
-}
-
 /* Calls any path of the simulator (control API or service) with a JSON body; returns the status
  * and (if `out`) the parsed answer. */
 static long ctl(struct fixture *f, const char *method, const char *path, const char *body,
@@ -203,31 +120,7 @@ static long ctl(struct fixture *f, const char *method, const char *path, const c
 {
     char url[1024];
     snprintf(url, sizeof url, "%s%s", f->base, path);
-    struct buf b = {0};
-    CURL *e = f->ctl;
-    curl_easy_reset(e);
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 10000L);
-    curl_easy_setopt(e, CURLOPT_PROXY, "");
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, buf_write);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-    if (body)
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
-    long status = 0;
-    CURLcode cc = curl_easy_perform(e);
-    if (cc == CURLE_OK)
-        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
-    else
-        print_error("control call %s %s: %s\n", method, path, curl_easy_strerror(cc));
-    curl_slist_free_all(h);
-    if (out)
-        *out = b.p ? json_loads(b.p, 0, NULL) : NULL;
-    free(b.p);
-    return status;
+    return support_http_json(f->ctl, method, url, NULL, body, out);
 }
 
 static void ctl_ok(struct fixture *f, const char *method, const char *path, const char *body)
@@ -695,9 +588,9 @@ static void test_timeout(void **state)
         struct mender_client *c =
             client_mode(f, mode ? CONFIGURE_MODE_DEVICECONFIG : CONFIGURE_MODE_WORKFLOWS, 400, 2);
         struct iot_error err;
-        int64_t t0 = now_ms();
+        int64_t t0 = support_now_ms();
         assert_int_equal(push(c, TENANT, "slow", CS("slow"), NULL, &err), IOT_ERR_UNAVAILABLE);
-        int64_t took = now_ms() - t0;
+        int64_t took = support_now_ms() - t0;
         if (took < 350 || took > 1500)
             fail_msg("timeout after %lld ms (limit 400)", (long long)took);
         assert_non_null(strstr(err.msg, "Timeout"));
@@ -747,9 +640,9 @@ static void test_connection_refused(void **state)
     struct mender_client *c = NULL;
     struct iot_error err = {0};
     assert_int_equal(mender_client_new(&o, &c, &err), IOT_OK);
-    int64_t t0 = now_ms();
+    int64_t t0 = support_now_ms();
     assert_int_equal(push(c, TENANT, "d", CS("d"), NULL, &err), IOT_ERR_UNAVAILABLE);
-    assert_true(now_ms() - t0 < 2000);
+    assert_true(support_now_ms() - t0 < 2000);
     struct deviceauth_device out[1];
     const char *ids[] = {"d"};
     size_t found = 0;

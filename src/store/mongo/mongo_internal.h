@@ -67,6 +67,15 @@ enum iot_err mongo_integration_from_bson(const bson_t *doc, struct integration *
 
 /* --- device records and the event log (mongo_records.c); see store_ops for the meaning --- */
 
+/* Takes one document of a find; stops the walk with anything but IOT_OK. */
+typedef enum iot_err (*mongo_push_fn)(const bson_t *doc, void *ctx, struct iot_error *err);
+
+/* Runs a find on `coll_name` (filter and opts borrowed) and hands every document to `push`
+ * until it fails; a cursor error is mapped with `what` naming the operation. */
+enum iot_err mongo_find_each(struct mongo_store *ms, const char *coll_name, const bson_t *filter,
+                             const bson_t *opts, mongo_push_fn push, void *ctx, const char *what,
+                             struct iot_error *err);
+
 enum iot_err mongo_device_get(struct store *st, const char *tenant, const char *device_id,
                               struct device_record *out, struct iot_error *err);
 enum iot_err mongo_device_link(struct store *st, const char *tenant, const char *device_id,

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "store/mongo/mongo_internal.h"
+#include "store/store_internal.h"
 
 static struct mongo_store *mongo_of(struct store *st)
 {
@@ -83,25 +84,37 @@ static bool build_pull(bson_t *update, const struct uuid *u)
     return bson_append_document_end(update, &pull) && ok;
 }
 
-/* Runs a find on `coll_name` and hands every document to `push`. */
-static enum iot_err
-find_each(struct mongo_store *ms, const char *coll_name, const bson_t *filter, const bson_t *opts,
-          enum iot_err (*push)(const bson_t *doc, void *ctx, struct iot_error *err), void *ctx,
-          const char *what, struct iot_error *err)
+/* Collection `name` on a client popped from the pool; *client receives that client. Give both
+ * back with coll_give(). */
+static mongoc_collection_t *coll_take(struct mongo_store *ms, const char *name,
+                                      mongoc_client_t **client)
+{
+    *client = mongoc_client_pool_pop(ms->pool);
+    return mongoc_client_get_collection(*client, ms->dbname, name);
+}
+
+static void coll_give(struct mongo_store *ms, mongoc_client_t *client, mongoc_collection_t *coll)
+{
+    mongoc_collection_destroy(coll);
+    mongoc_client_pool_push(ms->pool, client);
+}
+
+enum iot_err mongo_find_each(struct mongo_store *ms, const char *coll_name, const bson_t *filter,
+                             const bson_t *opts, mongo_push_fn push, void *ctx, const char *what,
+                             struct iot_error *err)
 {
     enum iot_err rc = IOT_OK;
     bson_error_t error;
     const bson_t *doc;
-    mongoc_client_t *client = mongoc_client_pool_pop(ms->pool);
-    mongoc_collection_t *coll = mongoc_client_get_collection(client, ms->dbname, coll_name);
+    mongoc_client_t *client;
+    mongoc_collection_t *coll = coll_take(ms, coll_name, &client);
     mongoc_cursor_t *cursor = mongoc_collection_find_with_opts(coll, filter, opts, NULL);
     while (rc == IOT_OK && mongoc_cursor_next(cursor, &doc))
         rc = push(doc, ctx, err);
     if (rc == IOT_OK && mongoc_cursor_error(cursor, &error))
         rc = mongo_error_set(err, &error, what);
     mongoc_cursor_destroy(cursor);
-    mongoc_collection_destroy(coll);
-    mongoc_client_pool_push(ms->pool, client);
+    coll_give(ms, client, coll);
     return rc;
 }
 
@@ -110,13 +123,11 @@ static bool devices_update(struct mongo_store *ms, const bson_t *filter, const b
                            const bson_t *opts, bool many, int64_t *matched, bson_error_t *error)
 {
     bson_t reply;
-    mongoc_client_t *client = mongoc_client_pool_pop(ms->pool);
-    mongoc_collection_t *coll =
-        mongoc_client_get_collection(client, ms->dbname, MONGO_COLL_DEVICES);
+    mongoc_client_t *client;
+    mongoc_collection_t *coll = coll_take(ms, MONGO_COLL_DEVICES, &client);
     bool ok = many ? mongoc_collection_update_many(coll, filter, update, opts, &reply, error)
                    : mongoc_collection_update_one(coll, filter, update, opts, &reply, error);
-    mongoc_collection_destroy(coll);
-    mongoc_client_pool_push(ms->pool, client);
+    coll_give(ms, client, coll);
     *matched = ok ? reply_count(&reply, "matchedCount") + reply_count(&reply, "upsertedCount") : 0;
     bson_destroy(&reply);
     return ok;
@@ -133,16 +144,10 @@ static enum iot_err push_device(const bson_t *doc, void *ctx, struct iot_error *
 {
     struct device_sink *sink = ctx;
     struct device_list *list = sink->list;
-    if (list->len == sink->cap) {
-        size_t ncap = sink->cap ? sink->cap * 2 : 4;
-        if (ncap > SIZE_MAX / sizeof *list->items)
-            return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
-        struct device_record *items = realloc(list->items, ncap * sizeof *items);
-        if (!items)
-            return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
-        list->items = items;
-        sink->cap = ncap;
-    }
+    struct device_record *items = store_grow(list->items, &sink->cap, list->len, sizeof *items);
+    if (!items)
+        return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
+    list->items = items;
     enum iot_err rc = mongo_device_from_bson(doc, &list->items[list->len], err);
     if (rc == IOT_OK)
         list->len++;
@@ -160,8 +165,8 @@ enum iot_err mongo_device_get(struct store *st, const char *tenant, const char *
         return rc;
     bson_t *filter = BCON_NEW("_id", BCON_UTF8(device_id), "tenant_id", BCON_UTF8(tenant));
     bson_t *opts = BCON_NEW("limit", BCON_INT64(1));
-    rc = find_each(mongo_of(st), MONGO_COLL_DEVICES, filter, opts, push_device, &sink,
-                   "failed to fetch device", err);
+    rc = mongo_find_each(mongo_of(st), MONGO_COLL_DEVICES, filter, opts, push_device, &sink,
+                         "failed to fetch device", err);
     if (rc == IOT_OK && list.len == 0)
         rc = iot_error_set(err, IOT_ERR_NOT_FOUND, "device not found");
     if (rc == IOT_OK) {
@@ -255,12 +260,10 @@ enum iot_err mongo_device_delete(struct store *st, const char *tenant, const cha
     bson_t *filter = BCON_NEW("_id", BCON_UTF8(device_id), "tenant_id", BCON_UTF8(tenant));
     pthread_mutex_t *mu = device_lock(ms, device_id);
     pthread_mutex_lock(mu);
-    mongoc_client_t *client = mongoc_client_pool_pop(ms->pool);
-    mongoc_collection_t *coll =
-        mongoc_client_get_collection(client, ms->dbname, MONGO_COLL_DEVICES);
+    mongoc_client_t *client;
+    mongoc_collection_t *coll = coll_take(ms, MONGO_COLL_DEVICES, &client);
     bool ok = mongoc_collection_delete_one(coll, filter, NULL, &reply, &error);
-    mongoc_collection_destroy(coll);
-    mongoc_client_pool_push(ms->pool, client);
+    coll_give(ms, client, coll);
     pthread_mutex_unlock(mu);
     if (!ok)
         rc = mongo_error_set(err, &error, "failed to delete device");
@@ -292,8 +295,8 @@ enum iot_err mongo_devices_page(struct store *st, const char *after_tenant, cons
                           BCON_UTF8(after_id), "}", "}", "]");
     bson_t *opts = BCON_NEW("sort", "{", "tenant_id", BCON_INT32(1), "_id", BCON_INT32(1), "}",
                             "limit", BCON_INT64(limit > INT64_MAX ? INT64_MAX : (int64_t)limit));
-    enum iot_err rc = find_each(mongo_of(st), MONGO_COLL_DEVICES, filter, opts, push_device, &sink,
-                                "failed to fetch devices", err);
+    enum iot_err rc = mongo_find_each(mongo_of(st), MONGO_COLL_DEVICES, filter, opts, push_device,
+                                      &sink, "failed to fetch devices", err);
     if (rc != IOT_OK)
         device_list_clear(out);
     bson_destroy(opts);
@@ -344,11 +347,10 @@ enum iot_err mongo_event_insert(struct store *st, const struct event_record *ev,
     enum iot_err rc = mongo_event_to_bson(ev, &doc, err);
     if (rc != IOT_OK)
         goto out;
-    mongoc_client_t *client = mongoc_client_pool_pop(ms->pool);
-    mongoc_collection_t *coll = mongoc_client_get_collection(client, ms->dbname, MONGO_COLL_LOG);
+    mongoc_client_t *client;
+    mongoc_collection_t *coll = coll_take(ms, MONGO_COLL_LOG, &client);
     bool ok = mongoc_collection_insert_one(coll, &doc, NULL, &reply, &error);
-    mongoc_collection_destroy(coll);
-    mongoc_client_pool_push(ms->pool, client);
+    coll_give(ms, client, coll);
     bson_destroy(&reply);
     if (!ok && error.code == MONGO_CODE_DUPLICATE_KEY)
         rc = iot_error_set(err, IOT_ERR_CONFLICT, "event already exists");
@@ -368,16 +370,10 @@ static enum iot_err push_event(const bson_t *doc, void *ctx, struct iot_error *e
 {
     struct event_sink *sink = ctx;
     struct event_list *list = sink->list;
-    if (list->len == sink->cap) {
-        size_t ncap = sink->cap ? sink->cap * 2 : 4;
-        if (ncap > SIZE_MAX / sizeof *list->items)
-            return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
-        struct event_record *items = realloc(list->items, ncap * sizeof *items);
-        if (!items)
-            return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
-        list->items = items;
-        sink->cap = ncap;
-    }
+    struct event_record *items = store_grow(list->items, &sink->cap, list->len, sizeof *items);
+    if (!items)
+        return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
+    list->items = items;
     enum iot_err rc = mongo_event_from_bson(doc, &list->items[list->len], err);
     if (rc == IOT_OK)
         list->len++;
@@ -407,8 +403,8 @@ enum iot_err mongo_events_list(struct store *st, const char *tenant,
         rc = build_failed(err);
         goto out;
     }
-    rc = find_each(mongo_of(st), MONGO_COLL_LOG, &filter, opts, push_event, &sink,
-                   "failed to fetch events", err);
+    rc = mongo_find_each(mongo_of(st), MONGO_COLL_LOG, &filter, opts, push_event, &sink,
+                         "failed to fetch events", err);
 out:
     if (rc != IOT_OK)
         event_list_clear(out);

@@ -7,6 +7,7 @@
 
 #include "iot-manager/log.h"
 #include "store/mongo/mongo_internal.h"
+#include "store/store_internal.h"
 
 #define MONGO_DEFAULT_DBNAME     "iot_manager"
 #define MONGO_DEFAULT_TIMEOUT_MS 5000
@@ -80,19 +81,19 @@ static mongoc_collection_t *mongo_collection(struct mongo_store *ms, mongoc_clie
 
 /* ---- reading integrations ---- */
 
-static enum iot_err list_push(struct integration_list *list, size_t *cap, const bson_t *doc,
-                              struct iot_error *err)
+struct integration_sink {
+    struct integration_list *list;
+    size_t cap;
+};
+
+static enum iot_err push_integration(const bson_t *doc, void *ctx, struct iot_error *err)
 {
-    if (list->len == *cap) {
-        size_t ncap = *cap ? *cap * 2 : 4;
-        if (ncap > SIZE_MAX / sizeof *list->items)
-            return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
-        struct integration *items = realloc(list->items, ncap * sizeof *items);
-        if (!items)
-            return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
-        list->items = items;
-        *cap = ncap;
-    }
+    struct integration_sink *sink = ctx;
+    struct integration_list *list = sink->list;
+    struct integration *items = store_grow(list->items, &sink->cap, list->len, sizeof *items);
+    if (!items)
+        return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
+    list->items = items;
     enum iot_err rc = mongo_integration_from_bson(doc, &list->items[list->len], err);
     if (rc == IOT_OK)
         list->len++;
@@ -104,23 +105,11 @@ static enum iot_err find_integrations(struct mongo_store *ms, const bson_t *filt
                                       const bson_t *opts, struct integration_list *out,
                                       struct iot_error *err)
 {
-    enum iot_err rc = IOT_OK;
-    bson_error_t error;
-    const bson_t *doc;
-    size_t cap = 0;
+    struct integration_sink sink = {.list = out};
     out->items = NULL;
     out->len = 0;
-
-    mongoc_client_t *client = mongoc_client_pool_pop(ms->pool);
-    mongoc_collection_t *coll = mongo_collection(ms, client, MONGO_COLL_INTEGRATIONS);
-    mongoc_cursor_t *cursor = mongoc_collection_find_with_opts(coll, filter, opts, NULL);
-    while (rc == IOT_OK && mongoc_cursor_next(cursor, &doc))
-        rc = list_push(out, &cap, doc, err);
-    if (rc == IOT_OK && mongoc_cursor_error(cursor, &error))
-        rc = mongo_error_set(err, &error, "failed to fetch integrations");
-    mongoc_cursor_destroy(cursor);
-    mongoc_collection_destroy(coll);
-    mongoc_client_pool_push(ms->pool, client);
+    enum iot_err rc = mongo_find_each(ms, MONGO_COLL_INTEGRATIONS, filter, opts, push_integration,
+                                      &sink, "failed to fetch integrations", err);
     if (rc != IOT_OK)
         integration_list_clear(out);
     return rc;

@@ -255,6 +255,58 @@ void sq_stmt_done(sqlite3_stmt *s)
     sqlite3_clear_bindings(s);
 }
 
+enum iot_err sq_checkout(struct sq_store *st, enum sq_stmt_id id, struct sq_conn **c,
+                         sqlite3_stmt **s, struct iot_error *err)
+{
+    *s = NULL;
+    enum iot_err rc = sq_conn_acquire(st, c, err);
+    if (rc != IOT_OK)
+        return rc;
+    rc = sq_stmt(*c, id, s, err);
+    if (rc != IOT_OK) {
+        sq_conn_release(st, *c);
+        *c = NULL;
+    }
+    return rc;
+}
+
+void sq_checkin(struct sq_store *st, struct sq_conn *c, sqlite3_stmt *s)
+{
+    sq_stmt_done(s);
+    sq_conn_release(st, c);
+}
+
+int sq_bind_text(sqlite3_stmt *s, int src, int i, const char *text)
+{
+    if (src != SQLITE_OK)
+        return src;
+    return text ? sqlite3_bind_text(s, i, text, -1, SQLITE_STATIC) : sqlite3_bind_null(s, i);
+}
+
+int sq_bind_uuid(sqlite3_stmt *s, int src, int i, const struct uuid *id)
+{
+    if (src != SQLITE_OK)
+        return src;
+    return sqlite3_bind_blob(s, i, id->b, (int)sizeof id->b, SQLITE_STATIC);
+}
+
+int sq_bind_int64(sqlite3_stmt *s, int src, int i, int64_t v)
+{
+    if (src != SQLITE_OK)
+        return src;
+    return sqlite3_bind_int64(s, i, v);
+}
+
+int sq_step_write(struct sq_store *st, struct sq_conn *c, sqlite3_stmt *s, int64_t *changed)
+{
+    pthread_mutex_lock(&st->write_mu);
+    int src = sqlite3_step(s);
+    if (changed)
+        *changed = sqlite3_changes64(c->db);
+    pthread_mutex_unlock(&st->write_mu);
+    return src;
+}
+
 enum iot_err sq_exec_stmt(struct sq_conn *c, enum sq_stmt_id id, const char *what,
                           struct iot_error *err)
 {

@@ -34,22 +34,6 @@ static enum iot_err sq_nomem(struct iot_error *err)
     return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
 }
 
-/* `items` (an array of *cap elements of `size` bytes) with room for one more after `len`:
- * the same array, a larger one (the old one then freed), or NULL when memory runs out (the old
- * one then untouched). */
-static void *sq_grow(void *items, size_t *cap, size_t len, size_t size)
-{
-    if (len < *cap)
-        return items;
-    size_t ncap = *cap ? *cap * 2 : 4;
-    if (ncap > SIZE_MAX / size)
-        return NULL;
-    void *grown = realloc(items, ncap * size);
-    if (grown)
-        *cap = ncap;
-    return grown;
-}
-
 /* ---- device records ---- */
 
 /* Steps `s` (columns tenant_id, id, integration_id or NULL; rows of one record adjacent) to the
@@ -66,7 +50,7 @@ static enum iot_err sq_collect_devices(sqlite3 *db, sqlite3_stmt *s, struct devi
             return iot_error_set(err, IOT_ERR_INTERNAL, "database error: malformed device row");
         struct device_record *cur = list->len ? &list->items[list->len - 1] : NULL;
         if (!cur || strcmp(cur->tenant_id, tenant) != 0 || strcmp(cur->id, id) != 0) {
-            struct device_record *items = sq_grow(list->items, &cap, list->len, sizeof *items);
+            struct device_record *items = store_grow(list->items, &cap, list->len, sizeof *items);
             if (!items)
                 return sq_nomem(err);
             list->items = items;
@@ -85,7 +69,7 @@ static enum iot_err sq_collect_devices(sqlite3 *db, sqlite3_stmt *s, struct devi
             return iot_error_set(err, IOT_ERR_INTERNAL,
                                  "database error: malformed device integration id");
         struct uuid *links =
-            sq_grow(cur->integration_ids, &links_cap, cur->n_integrations, sizeof *links);
+            store_grow(cur->integration_ids, &links_cap, cur->n_integrations, sizeof *links);
         if (!links)
             return sq_nomem(err);
         cur->integration_ids = links;
@@ -107,28 +91,22 @@ enum iot_err sq_device_get(struct store *base, const char *tenant, const char *d
         return rc;
     struct sq_conn *c = NULL;
     sqlite3_stmt *s = NULL;
-    if ((rc = sq_conn_acquire(st, &c, err)) != IOT_OK)
+    if ((rc = sq_checkout(st, SQ_STMT_DEVICE_GET, &c, &s, err)) != IOT_OK)
         return rc;
-    if ((rc = sq_stmt(c, SQ_STMT_DEVICE_GET, &s, err)) != IOT_OK)
-        goto out;
-    int src = sqlite3_bind_text(s, 1, tenant, -1, SQLITE_STATIC);
-    if (src == SQLITE_OK)
-        src = sqlite3_bind_text(s, 2, device_id, -1, SQLITE_STATIC);
-    if (src != SQLITE_OK) {
-        rc = sq_fail(err, c->db, src, "reading device");
-        goto out;
-    }
+    int src = sq_bind_text(s, SQLITE_OK, 1, tenant);
+    src = sq_bind_text(s, src, 2, device_id);
     /* one statement: the record and its links come from one snapshot */
-    rc = sq_collect_devices(c->db, s, &list, "reading device", err);
+    if (src != SQLITE_OK)
+        rc = sq_fail(err, c->db, src, "reading device");
+    else
+        rc = sq_collect_devices(c->db, s, &list, "reading device", err);
+    sq_checkin(st, c, s);
     if (rc == IOT_OK && list.len == 0)
         rc = iot_error_set(err, IOT_ERR_NOT_FOUND, "device not found");
     if (rc == IOT_OK) {
         *out = list.items[0];
         memset(&list.items[0], 0, sizeof list.items[0]);
     }
-out:
-    sq_stmt_done(s);
-    sq_conn_release(st, c);
     device_list_clear(&list);
     return rc;
 }
@@ -139,24 +117,22 @@ static int sq_bind_device(sqlite3_stmt *s, const char *tenant, const char *devic
                           const struct uuid *integration_id)
 {
     int next = 1;
-    int src = sqlite3_bind_text(s, next++, tenant, -1, SQLITE_STATIC);
-    if (src == SQLITE_OK && device_id)
-        src = sqlite3_bind_text(s, next++, device_id, -1, SQLITE_STATIC);
-    if (src == SQLITE_OK && integration_id && next <= sqlite3_bind_parameter_count(s))
-        src = sqlite3_bind_blob(s, next, integration_id->b, (int)sizeof integration_id->b,
-                                SQLITE_STATIC);
+    int src = sq_bind_text(s, SQLITE_OK, next++, tenant);
+    if (device_id)
+        src = sq_bind_text(s, src, next++, device_id);
+    if (integration_id && next <= sqlite3_bind_parameter_count(s))
+        src = sq_bind_uuid(s, src, next, integration_id);
     return src;
 }
 
-/* Runs statements `ids` in order inside one write transaction, each bound by sq_bind_device;
- * *changed gets the rows the last one changed. */
-static enum iot_err sq_device_write(struct sq_store *st, const enum sq_stmt_id *ids, size_t n,
-                                    const char *tenant, const char *device_id,
-                                    const struct uuid *integration_id, int64_t *changed,
-                                    const char *what, struct iot_error *err)
+enum iot_err sq_write_tx(struct sq_store *st, const enum sq_stmt_id *ids, size_t n,
+                         const char *tenant, const char *device_id,
+                         const struct uuid *integration_id, int64_t *changed, const char *what,
+                         struct iot_error *err)
 {
     struct sq_conn *c = NULL;
-    *changed = 0;
+    if (changed)
+        *changed = 0;
     enum iot_err rc = sq_conn_acquire(st, &c, err);
     if (rc != IOT_OK)
         return rc;
@@ -169,10 +145,10 @@ static enum iot_err sq_device_write(struct sq_store *st, const enum sq_stmt_id *
         int src = sq_bind_device(s, tenant, device_id, integration_id);
         if (src == SQLITE_OK)
             src = sqlite3_step(s);
-        if (src == SQLITE_DONE)
-            *changed = sqlite3_changes64(c->db);
-        else
+        if (src != SQLITE_DONE)
             rc = sq_fail(err, c->db, src, what);
+        else if (changed)
+            *changed = sqlite3_changes64(c->db);
         sq_stmt_done(s);
     }
     if (rc == IOT_OK)
@@ -188,24 +164,22 @@ enum iot_err sq_device_link(struct store *base, const char *tenant, const char *
                             const struct uuid *integration_id, struct iot_error *err)
 {
     static const enum sq_stmt_id steps[] = {SQ_STMT_DEVICE_INSERT, SQ_STMT_DEVICE_LINK};
-    int64_t changed;
     enum iot_err rc = sq_check_args(tenant, device_id, err);
     if (rc != IOT_OK)
         return rc;
-    return sq_device_write(sq_of(base), steps, 2, tenant, device_id, integration_id, &changed,
-                           "linking device", err);
+    return sq_write_tx(sq_of(base), steps, 2, tenant, device_id, integration_id, NULL,
+                       "linking device", err);
 }
 
 enum iot_err sq_device_unlink(struct store *base, const char *tenant, const char *device_id,
                               const struct uuid *integration_id, struct iot_error *err)
 {
     static const enum sq_stmt_id steps[] = {SQ_STMT_DEVICE_UNLINK};
-    int64_t changed;
     enum iot_err rc = sq_check_args(tenant, device_id, err);
     if (rc != IOT_OK)
         return rc;
-    return sq_device_write(sq_of(base), steps, 1, tenant, device_id, integration_id, &changed,
-                           "unlinking device", err);
+    return sq_write_tx(sq_of(base), steps, 1, tenant, device_id, integration_id, NULL,
+                       "unlinking device", err);
 }
 
 enum iot_err sq_device_delete(struct store *base, const char *tenant, const char *device_id,
@@ -217,8 +191,8 @@ enum iot_err sq_device_delete(struct store *base, const char *tenant, const char
     enum iot_err rc = sq_check_args(tenant, device_id, err);
     if (rc != IOT_OK)
         return rc;
-    rc = sq_device_write(sq_of(base), steps, 2, tenant, device_id, NULL, &changed,
-                         "deleting device", err);
+    rc = sq_write_tx(sq_of(base), steps, 2, tenant, device_id, NULL, &changed, "deleting device",
+                     err);
     if (rc == IOT_OK && changed == 0)
         rc = iot_error_set(err, IOT_ERR_NOT_FOUND, "device not found");
     return rc;
@@ -228,11 +202,10 @@ enum iot_err sq_integration_unlink_all(struct store *base, const char *tenant,
                                        const struct uuid *integration_id, struct iot_error *err)
 {
     static const enum sq_stmt_id steps[] = {SQ_STMT_INTEGRATION_UNLINK_ALL};
-    int64_t changed;
     if (!tenant)
         return iot_error_set(err, IOT_ERR_INTERNAL, "database error: missing tenant");
-    return sq_device_write(sq_of(base), steps, 1, tenant, NULL, integration_id, &changed,
-                           "unlinking integration from devices", err);
+    return sq_write_tx(sq_of(base), steps, 1, tenant, NULL, integration_id, NULL,
+                       "unlinking integration from devices", err);
 }
 
 enum iot_err sq_devices_page(struct store *base, const char *after_tenant, const char *after_id,
@@ -250,28 +223,21 @@ enum iot_err sq_devices_page(struct store *base, const char *after_tenant, const
     bool from_start = !after_tenant[0] && !after_id[0];
     struct sq_conn *c = NULL;
     sqlite3_stmt *s = NULL;
-    enum iot_err rc = sq_conn_acquire(st, &c, err);
+    enum iot_err rc = sq_checkout(
+        st, from_start ? SQ_STMT_DEVICES_PAGE_FIRST : SQ_STMT_DEVICES_PAGE_AFTER, &c, &s, err);
     if (rc != IOT_OK)
         return rc;
-    rc = sq_stmt(c, from_start ? SQ_STMT_DEVICES_PAGE_FIRST : SQ_STMT_DEVICES_PAGE_AFTER, &s, err);
-    if (rc != IOT_OK)
-        goto out;
     int src = SQLITE_OK;
     if (!from_start) {
-        src = sqlite3_bind_text(s, 1, after_tenant, -1, SQLITE_STATIC);
-        if (src == SQLITE_OK)
-            src = sqlite3_bind_text(s, 2, after_id, -1, SQLITE_STATIC);
+        src = sq_bind_text(s, src, 1, after_tenant);
+        src = sq_bind_text(s, src, 2, after_id);
     }
-    if (src == SQLITE_OK)
-        src = sqlite3_bind_int64(s, 3, limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
-    if (src != SQLITE_OK) {
+    src = sq_bind_int64(s, src, 3, limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
+    if (src != SQLITE_OK)
         rc = sq_fail(err, c->db, src, "listing devices");
-        goto out;
-    }
-    rc = sq_collect_devices(c->db, s, out, "listing devices", err);
-out:
-    sq_stmt_done(s);
-    sq_conn_release(st, c);
+    else
+        rc = sq_collect_devices(c->db, s, out, "listing devices", err);
+    sq_checkin(st, c, s);
     if (rc != IOT_OK)
         device_list_clear(out);
     return rc;
@@ -389,35 +355,22 @@ enum iot_err sq_event_insert(struct store *base, const struct event_record *ev,
 
     struct sq_conn *c = NULL;
     sqlite3_stmt *s = NULL;
-    if ((rc = sq_conn_acquire(st, &c, err)) != IOT_OK)
+    if ((rc = sq_checkout(st, SQ_STMT_EVENT_INSERT, &c, &s, err)) != IOT_OK)
         goto out;
-    if ((rc = sq_stmt(c, SQ_STMT_EVENT_INSERT, &s, err)) == IOT_OK) {
-        int src = sqlite3_bind_blob(s, 1, ev->id.b, (int)sizeof ev->id.b, SQLITE_STATIC);
-        if (src == SQLITE_OK)
-            src = sqlite3_bind_text(s, 2, ev->tenant_id, -1, SQLITE_STATIC);
-        if (src == SQLITE_OK)
-            src = sqlite3_bind_text(s, 3, ev->type, -1, SQLITE_STATIC);
-        if (src == SQLITE_OK)
-            src = data ? sqlite3_bind_text(s, 4, data, -1, SQLITE_STATIC) : sqlite3_bind_null(s, 4);
-        if (src == SQLITE_OK)
-            src = sqlite3_bind_int64(s, 5, ev->event_ts_ms);
-        if (src == SQLITE_OK)
-            src = sqlite3_bind_int64(s, 6, ev->expire_ts_ms);
-        if (src == SQLITE_OK)
-            src = status ? sqlite3_bind_text(s, 7, status, -1, SQLITE_STATIC)
-                         : sqlite3_bind_null(s, 7);
-        if (src == SQLITE_OK) {
-            pthread_mutex_lock(&st->write_mu);
-            src = sqlite3_step(s);
-            pthread_mutex_unlock(&st->write_mu);
-        }
-        if (src == SQLITE_CONSTRAINT_PRIMARYKEY || src == SQLITE_CONSTRAINT_UNIQUE)
-            rc = iot_error_set(err, IOT_ERR_CONFLICT, "event already exists");
-        else if (src != SQLITE_DONE)
-            rc = sq_fail(err, c->db, src, "saving event");
-    }
-    sq_stmt_done(s);
-    sq_conn_release(st, c);
+    int src = sq_bind_uuid(s, SQLITE_OK, 1, &ev->id);
+    src = sq_bind_text(s, src, 2, ev->tenant_id);
+    src = sq_bind_text(s, src, 3, ev->type);
+    src = sq_bind_text(s, src, 4, data);
+    src = sq_bind_int64(s, src, 5, ev->event_ts_ms);
+    src = sq_bind_int64(s, src, 6, ev->expire_ts_ms);
+    src = sq_bind_text(s, src, 7, status);
+    if (src == SQLITE_OK)
+        src = sq_step_write(st, c, s, NULL);
+    if (src == SQLITE_CONSTRAINT_PRIMARYKEY || src == SQLITE_CONSTRAINT_UNIQUE)
+        rc = iot_error_set(err, IOT_ERR_CONFLICT, "event already exists");
+    else if (src != SQLITE_DONE)
+        rc = sq_fail(err, c->db, src, "saving event");
+    sq_checkin(st, c, s);
 out:
     json_decref(canonical);
     free(data);
@@ -466,25 +419,21 @@ enum iot_err sq_events_list(struct store *base, const char *tenant,
     struct sq_conn *c = NULL;
     sqlite3_stmt *s = NULL;
     size_t cap = 0;
-    enum iot_err rc = sq_conn_acquire(st, &c, err);
+    enum iot_err rc = sq_checkout(st, SQ_STMT_EVENTS_LIST, &c, &s, err);
     if (rc != IOT_OK)
         return rc;
-    if ((rc = sq_stmt(c, SQ_STMT_EVENTS_LIST, &s, err)) != IOT_OK)
-        goto out;
-    int src = sqlite3_bind_text(s, 1, tenant, -1, SQLITE_STATIC);
-    if (src == SQLITE_OK && integration_id)
-        src = sqlite3_bind_text(s, 2, id_text, -1, SQLITE_STATIC);
-    if (src == SQLITE_OK)
-        src = sqlite3_bind_int64(s, 3, skip > 0 ? skip : 0);
+    int src = sq_bind_text(s, SQLITE_OK, 1, tenant);
+    if (integration_id)
+        src = sq_bind_text(s, src, 2, id_text);
+    src = sq_bind_int64(s, src, 3, skip > 0 ? skip : 0);
     /* as MongoDB's: no limit when it is 0 */
-    if (src == SQLITE_OK)
-        src = sqlite3_bind_int64(s, 4, limit > 0 ? limit : -1);
+    src = sq_bind_int64(s, src, 4, limit > 0 ? limit : -1);
     if (src != SQLITE_OK) {
         rc = sq_fail(err, c->db, src, "listing events");
         goto out;
     }
     while ((src = sqlite3_step(s)) == SQLITE_ROW) {
-        struct event_record *items = sq_grow(out->items, &cap, out->len, sizeof *items);
+        struct event_record *items = store_grow(out->items, &cap, out->len, sizeof *items);
         if (!items) {
             rc = sq_nomem(err);
             goto out;
@@ -498,8 +447,7 @@ enum iot_err sq_events_list(struct store *base, const char *tenant,
     if (src != SQLITE_DONE)
         rc = sq_fail(err, c->db, src, "listing events");
 out:
-    sq_stmt_done(s);
-    sq_conn_release(st, c);
+    sq_checkin(st, c, s);
     if (rc != IOT_OK)
         event_list_clear(out);
     return rc;

@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "sqlite_store.h"
+#include "store/store_internal.h"
 
 static struct sq_store *sq_of(struct store *base)
 {
@@ -114,16 +115,10 @@ static enum iot_err sq_collect(sqlite3 *db, sqlite3_stmt *s, struct integration_
     size_t cap = 0;
     int src;
     while ((src = sqlite3_step(s)) == SQLITE_ROW) {
-        if (list->len == cap) {
-            size_t ncap = cap ? cap * 2 : 4;
-            if (ncap > SIZE_MAX / sizeof *list->items)
-                return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
-            struct integration *items = realloc(list->items, ncap * sizeof *items);
-            if (!items)
-                return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
-            list->items = items;
-            cap = ncap;
-        }
+        struct integration *items = store_grow(list->items, &cap, list->len, sizeof *items);
+        if (!items)
+            return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
+        list->items = items;
         enum iot_err rc = sq_row_integration(s, &list->items[list->len], err);
         if (rc != IOT_OK)
             return rc;
@@ -145,19 +140,14 @@ static enum iot_err sq_integrations_list(struct store *base, const char *tenant,
         return rc;
     struct sq_conn *c = NULL;
     sqlite3_stmt *s = NULL;
-    if ((rc = sq_conn_acquire(st, &c, err)) != IOT_OK)
+    if ((rc = sq_checkout(st, SQ_STMT_INTEGRATIONS_LIST, &c, &s, err)) != IOT_OK)
         return rc;
-    if ((rc = sq_stmt(c, SQ_STMT_INTEGRATIONS_LIST, &s, err)) != IOT_OK)
-        goto out;
-    int src = sqlite3_bind_text(s, 1, tenant, -1, SQLITE_STATIC);
-    if (src != SQLITE_OK) {
+    int src = sq_bind_text(s, SQLITE_OK, 1, tenant);
+    if (src != SQLITE_OK)
         rc = sq_fail(err, c->db, src, "listing integrations");
-        goto out;
-    }
-    rc = sq_collect(c->db, s, out, "listing integrations", err);
-out:
-    sq_stmt_done(s);
-    sq_conn_release(st, c);
+    else
+        rc = sq_collect(c->db, s, out, "listing integrations", err);
+    sq_checkin(st, c, s);
     if (rc != IOT_OK)
         integration_list_clear(out);
     return rc;
@@ -166,10 +156,7 @@ out:
 /* Binds tenant as ?1 and id as ?2 (both borrowed until sq_stmt_done). */
 static int sq_bind_tenant_id(sqlite3_stmt *s, const char *tenant, const struct uuid *id)
 {
-    int src = sqlite3_bind_text(s, 1, tenant, -1, SQLITE_STATIC);
-    if (src == SQLITE_OK)
-        src = sqlite3_bind_blob(s, 2, id->b, (int)sizeof id->b, SQLITE_STATIC);
-    return src;
+    return sq_bind_uuid(s, sq_bind_text(s, SQLITE_OK, 1, tenant), 2, id);
 }
 
 static enum iot_err sq_integration_get(struct store *base, const char *tenant,
@@ -183,10 +170,8 @@ static enum iot_err sq_integration_get(struct store *base, const char *tenant,
         return rc;
     struct sq_conn *c = NULL;
     sqlite3_stmt *s = NULL;
-    if ((rc = sq_conn_acquire(st, &c, err)) != IOT_OK)
+    if ((rc = sq_checkout(st, SQ_STMT_INTEGRATION_GET, &c, &s, err)) != IOT_OK)
         return rc;
-    if ((rc = sq_stmt(c, SQ_STMT_INTEGRATION_GET, &s, err)) != IOT_OK)
-        goto out;
     int src = sq_bind_tenant_id(s, tenant, id);
     if (src == SQLITE_OK)
         src = sqlite3_step(s);
@@ -196,9 +181,7 @@ static enum iot_err sq_integration_get(struct store *base, const char *tenant,
         rc = iot_error_set(err, IOT_ERR_NOT_FOUND, "integration not found");
     else
         rc = sq_fail(err, c->db, src, "reading integration");
-out:
-    sq_stmt_done(s);
-    sq_conn_release(st, c);
+    sq_checkin(st, c, s);
     return rc;
 }
 
@@ -216,26 +199,16 @@ static enum iot_err sq_integration_create(struct store *base, const struct integ
         return rc;
     struct sq_conn *c = NULL;
     sqlite3_stmt *s = NULL;
-    if ((rc = sq_conn_acquire(st, &c, err)) != IOT_OK)
-        goto out;
-    if ((rc = sq_stmt(c, SQ_STMT_INTEGRATION_INSERT, &s, err)) != IOT_OK)
+    if ((rc = sq_checkout(st, SQ_STMT_INTEGRATION_INSERT, &c, &s, err)) != IOT_OK)
         goto out;
     const char *description = in->description && in->description[0] ? in->description : NULL;
-    int src = sqlite3_bind_blob(s, 1, in->id.b, (int)sizeof in->id.b, SQLITE_STATIC);
+    int src = sq_bind_uuid(s, SQLITE_OK, 1, &in->id);
+    src = sq_bind_text(s, src, 2, in->tenant_id);
+    src = sq_bind_text(s, src, 3, provider_name(in->provider));
+    src = sq_bind_text(s, src, 4, description);
+    src = sq_bind_text(s, src, 5, creds);
     if (src == SQLITE_OK)
-        src = sqlite3_bind_text(s, 2, in->tenant_id, -1, SQLITE_STATIC);
-    if (src == SQLITE_OK)
-        src = sqlite3_bind_text(s, 3, provider_name(in->provider), -1, SQLITE_STATIC);
-    if (src == SQLITE_OK)
-        src = description ? sqlite3_bind_text(s, 4, description, -1, SQLITE_STATIC)
-                          : sqlite3_bind_null(s, 4);
-    if (src == SQLITE_OK)
-        src = sqlite3_bind_text(s, 5, creds, -1, SQLITE_STATIC);
-    if (src == SQLITE_OK) {
-        pthread_mutex_lock(&st->write_mu);
-        src = sqlite3_step(s);
-        pthread_mutex_unlock(&st->write_mu);
-    }
+        src = sq_step_write(st, c, s, NULL);
     if (src == SQLITE_DONE)
         rc = IOT_OK;
     else if (src == SQLITE_CONSTRAINT_UNIQUE || src == SQLITE_CONSTRAINT_PRIMARYKEY)
@@ -243,8 +216,7 @@ static enum iot_err sq_integration_create(struct store *base, const struct integ
     else
         rc = sq_fail(err, c->db, src, "creating integration");
 out:
-    sq_stmt_done(s);
-    sq_conn_release(st, c);
+    sq_checkin(st, c, s);
     free(creds);
     return rc;
 }
@@ -261,27 +233,19 @@ static enum iot_err sq_write_by_id(struct store *base, enum sq_stmt_id id_stmt, 
         return rc;
     struct sq_conn *c = NULL;
     sqlite3_stmt *s = NULL;
-    if ((rc = sq_conn_acquire(st, &c, err)) != IOT_OK)
+    if ((rc = sq_checkout(st, id_stmt, &c, &s, err)) != IOT_OK)
         return rc;
-    if ((rc = sq_stmt(c, id_stmt, &s, err)) != IOT_OK)
-        goto out;
     int src = sq_bind_tenant_id(s, tenant, id);
-    if (src == SQLITE_OK && text)
-        src = sqlite3_bind_text(s, 3, text, -1, SQLITE_STATIC);
+    if (text)
+        src = sq_bind_text(s, src, 3, text);
     int64_t changed = 0;
-    if (src == SQLITE_OK) {
-        pthread_mutex_lock(&st->write_mu);
-        src = sqlite3_step(s);
-        changed = sqlite3_changes64(c->db);
-        pthread_mutex_unlock(&st->write_mu);
-    }
+    if (src == SQLITE_OK)
+        src = sq_step_write(st, c, s, &changed);
     if (src != SQLITE_DONE)
         rc = sq_fail(err, c->db, src, what);
     else if (changed == 0)
         rc = iot_error_set(err, IOT_ERR_NOT_FOUND, "integration not found");
-out:
-    sq_stmt_done(s);
-    sq_conn_release(st, c);
+    sq_checkin(st, c, s);
     return rc;
 }
 
@@ -315,15 +279,13 @@ static enum iot_err sq_integrations_for_each(struct store *base,
     struct integration_list all = {0};
     struct sq_conn *c = NULL;
     sqlite3_stmt *s = NULL;
-    enum iot_err rc = sq_conn_acquire(st, &c, err);
+    enum iot_err rc = sq_checkout(st, SQ_STMT_INTEGRATIONS_ALL, &c, &s, err);
     if (rc != IOT_OK)
         return rc;
-    if ((rc = sq_stmt(c, SQ_STMT_INTEGRATIONS_ALL, &s, err)) == IOT_OK)
-        rc = sq_collect(c->db, s, &all, "reading integrations", err);
-    sq_stmt_done(s);
+    rc = sq_collect(c->db, s, &all, "reading integrations", err);
     /* Give the connection back before calling out: `fn` may use the store itself. Each
      * integration stays ours; `fn` may modify it and it is cleared after the walk. */
-    sq_conn_release(st, c);
+    sq_checkin(st, c, s);
     for (size_t i = 0; rc == IOT_OK && i < all.len; i++)
         rc = fn(&all.items[i], ctx);
     integration_list_clear(&all);
@@ -341,10 +303,8 @@ static enum iot_err sq_devices_count_linked(struct store *base, const char *tena
         return rc;
     struct sq_conn *c = NULL;
     sqlite3_stmt *s = NULL;
-    if ((rc = sq_conn_acquire(st, &c, err)) != IOT_OK)
+    if ((rc = sq_checkout(st, SQ_STMT_DEVICES_COUNT_LINKED, &c, &s, err)) != IOT_OK)
         return rc;
-    if ((rc = sq_stmt(c, SQ_STMT_DEVICES_COUNT_LINKED, &s, err)) != IOT_OK)
-        goto out;
     int src = sq_bind_tenant_id(s, tenant, integration_id);
     if (src == SQLITE_OK)
         src = sqlite3_step(s);
@@ -352,9 +312,7 @@ static enum iot_err sq_devices_count_linked(struct store *base, const char *tena
         *count = sqlite3_column_int64(s, 0);
     else
         rc = sq_fail(err, c->db, src, "counting devices");
-out:
-    sq_stmt_done(s);
-    sq_conn_release(st, c);
+    sq_checkin(st, c, s);
     return rc;
 }
 
@@ -368,35 +326,11 @@ static enum iot_err sq_tenant_delete(struct store *base, const char *tenant, str
         SQ_STMT_TENANT_DELETE_INTEGRATIONS,
         SQ_STMT_TENANT_DELETE_EVENTS,
     };
-    struct sq_store *st = sq_of(base);
     enum iot_err rc = sq_check_tenant(tenant, err);
     if (rc != IOT_OK)
         return rc;
-    struct sq_conn *c = NULL;
-    if ((rc = sq_conn_acquire(st, &c, err)) != IOT_OK)
-        return rc;
-    if ((rc = sq_tx_begin(st, c, err)) != IOT_OK)
-        goto out;
-    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
-        sqlite3_stmt *s = NULL;
-        if ((rc = sq_stmt(c, steps[i], &s, err)) != IOT_OK)
-            break;
-        int src = sqlite3_bind_text(s, 1, tenant, -1, SQLITE_STATIC);
-        if (src == SQLITE_OK)
-            src = sqlite3_step(s);
-        if (src != SQLITE_DONE)
-            rc = sq_fail(err, c->db, src, "deleting tenant data");
-        sq_stmt_done(s);
-        if (rc != IOT_OK)
-            break;
-    }
-    if (rc == IOT_OK)
-        rc = sq_tx_commit(st, c, err);
-    else
-        sq_tx_rollback(st, c);
-out:
-    sq_conn_release(st, c);
-    return rc;
+    return sq_write_tx(sq_of(base), steps, sizeof steps / sizeof steps[0], tenant, NULL, NULL, NULL,
+                       "deleting tenant data", err);
 }
 
 static enum iot_err sq_events_expire(struct store *base, int64_t now_ms, int64_t *removed,
@@ -406,25 +340,17 @@ static enum iot_err sq_events_expire(struct store *base, int64_t now_ms, int64_t
     *removed = 0;
     struct sq_conn *c = NULL;
     sqlite3_stmt *s = NULL;
-    enum iot_err rc = sq_conn_acquire(st, &c, err);
+    enum iot_err rc = sq_checkout(st, SQ_STMT_EVENTS_EXPIRE, &c, &s, err);
     if (rc != IOT_OK)
         return rc;
-    if ((rc = sq_stmt(c, SQ_STMT_EVENTS_EXPIRE, &s, err)) != IOT_OK)
-        goto out;
-    int src = sqlite3_bind_int64(s, 1, now_ms);
-    if (src == SQLITE_OK) {
-        pthread_mutex_lock(&st->write_mu);
-        src = sqlite3_step(s);
-        *removed = sqlite3_changes64(c->db);
-        pthread_mutex_unlock(&st->write_mu);
-    }
+    int src = sq_bind_int64(s, SQLITE_OK, 1, now_ms);
+    if (src == SQLITE_OK)
+        src = sq_step_write(st, c, s, removed);
     if (src != SQLITE_DONE) {
         *removed = 0;
         rc = sq_fail(err, c->db, src, "expiring events");
     }
-out:
-    sq_stmt_done(s);
-    sq_conn_release(st, c);
+    sq_checkin(st, c, s);
     return rc;
 }
 

@@ -88,6 +88,25 @@ enum iot_err sq_stmt(struct sq_conn *c, enum sq_stmt_id id, sqlite3_stmt **out,
                      struct iot_error *err);
 void sq_stmt_done(sqlite3_stmt *s);
 
+/* Checks a connection out with its cached statement `id` ready (sq_conn_acquire + sq_stmt); on
+ * failure nothing is held and both are NULL. Give both back with sq_checkin(), which finishes the
+ * statement and releases the connection (NULL-safe, so one cleanup path serves every exit). */
+enum iot_err sq_checkout(struct sq_store *st, enum sq_stmt_id id, struct sq_conn **c,
+                         sqlite3_stmt **s, struct iot_error *err);
+void sq_checkin(struct sq_store *st, struct sq_conn *c, sqlite3_stmt *s);
+
+/* Binds that chain: each does nothing and returns `src` unless it is SQLITE_OK, so a statement's
+ * parameters are bound one after the other and the result checked once. Values are borrowed
+ * until sq_stmt_done(). sq_bind_text binds NULL for a NULL `text`; sq_bind_uuid binds the 16 raw
+ * bytes. */
+int sq_bind_text(sqlite3_stmt *s, int src, int i, const char *text);
+int sq_bind_uuid(sqlite3_stmt *s, int src, int i, const struct uuid *id);
+int sq_bind_int64(sqlite3_stmt *s, int src, int i, int64_t v);
+
+/* Steps a write statement under the process's write lock; *changed (may be NULL) gets the rows
+ * it changed. Returns sqlite3_step's result. */
+int sq_step_write(struct sq_store *st, struct sq_conn *c, sqlite3_stmt *s, int64_t *changed);
+
 /* Maps the SQLite result `rc` (with the connection's message) to the service's codes:
  * busy/locked/I/O/cannot-open/full/read-only -> IOT_ERR_UNAVAILABLE, out of memory ->
  * IOT_ERR_NOMEM, anything else -> IOT_ERR_INTERNAL. `what` says what was being done. */
@@ -118,6 +137,13 @@ enum iot_err sq_device_delete(struct store *base, const char *tenant, const char
                               struct iot_error *err);
 enum iot_err sq_devices_page(struct store *base, const char *after_tenant, const char *after_id,
                              size_t limit, struct device_list *out, struct iot_error *err);
+/* Runs statements `ids` in order inside one write transaction, each with ?1 tenant, then the
+ * device id (when not NULL), then the integration id (when not NULL and the statement takes one);
+ * *changed (may be NULL) gets the rows the last one changed. `what` names it in messages. */
+enum iot_err sq_write_tx(struct sq_store *st, const enum sq_stmt_id *ids, size_t n,
+                         const char *tenant, const char *device_id,
+                         const struct uuid *integration_id, int64_t *changed, const char *what,
+                         struct iot_error *err);
 enum iot_err sq_integration_unlink_all(struct store *base, const char *tenant,
                                        const struct uuid *integration_id, struct iot_error *err);
 enum iot_err sq_event_insert(struct store *base, const struct event_record *ev,
