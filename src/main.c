@@ -256,8 +256,8 @@ static enum iot_err open_queue(const struct config *cfg, struct queue **out, str
     qo.dlq_stream = cfg->nats_dlq_stream;
     qo.state_bucket = cfg->nats_state_bucket;
     qo.lease_bucket = cfg->nats_lease_bucket;
-    qo.storage = strcmp(cfg->nats_storage, "memory") == 0 ? QUEUE_STORAGE_MEMORY
-                                                          : QUEUE_STORAGE_FILE;
+    qo.storage =
+        strcmp(cfg->nats_storage, "memory") == 0 ? QUEUE_STORAGE_MEMORY : QUEUE_STORAGE_FILE;
     qo.replicas = (int)cfg->nats_replicas;
     qo.ack_wait_ms = cfg->nats_ack_wait_ms;
     qo.max_deliver = (int)cfg->nats_max_deliver;
@@ -274,7 +274,7 @@ static enum iot_err open_mender_client(const struct config *cfg, struct mender_c
     struct mender_client_options mo;
     mender_client_options_default(&mo);
     mo.mode = strcmp(cfg->configure_mode, "deviceconfig") == 0 ? CONFIGURE_MODE_DEVICECONFIG
-                                                                : CONFIGURE_MODE_WORKFLOWS;
+                                                               : CONFIGURE_MODE_WORKFLOWS;
     mo.workflows_url = cfg->workflows_url;
     mo.deviceconfig_url = cfg->deviceconfig_url;
     mo.deviceauth_url = cfg->deviceauth_url;
@@ -308,9 +308,8 @@ static int run_service(struct config *cfg, bool automigrate, bool serve_http)
     signal(SIGPIPE, SIG_IGN);
 
     if (!serve_http && (!cfg->nats_uri[0] || cfg->workers < 1)) {
-        log_error("worker: %s", !cfg->nats_uri[0]
-                                    ? "lifecycle events need IOT_MANAGER_NATS_URI"
-                                    : "IOT_MANAGER_WORKERS must be at least 1");
+        log_error("worker: %s", !cfg->nats_uri[0] ? "lifecycle events need IOT_MANAGER_NATS_URI"
+                                                  : "IOT_MANAGER_WORKERS must be at least 1");
         code = EXIT_USAGE;
         goto out;
     }

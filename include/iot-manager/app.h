@@ -31,9 +31,9 @@ struct app {
     const char *whitelist[APP_WHITELIST_MAX];
     size_t whitelist_len;
     struct connstr_rules connstr_rules;
-    struct hub_client *hub;  /* borrowed; NULL where no hub calls are made */
-    struct metrics *metrics; /* borrowed; may be NULL */
-    struct queue *queue;     /* borrowed; NULL when NATS is not configured (lifecycle.h) */
+    struct hub_client *hub;       /* borrowed; NULL where no hub calls are made */
+    struct metrics *metrics;      /* borrowed; may be NULL */
+    struct queue *queue;          /* borrowed; NULL when NATS is not configured (lifecycle.h) */
     struct mender_client *mender; /* borrowed; NULL where Configure is not called */
     struct rbac_policy rbac;
     const struct jwt_keyset *jwt_keys; /* borrowed; NULL in gateway mode */

@@ -74,4 +74,11 @@ bool crypto_equal(const void *a, const void *b, size_t len);
 /* Cryptographically random bytes. */
 enum iot_err crypto_random(void *out, size_t len);
 
+#define CRYPTO_SHA256_LEN 32
+
+/* SHA-256 of the concatenation of `n` byte strings (parts[i], lens[i] bytes each; a part of
+ * length 0 may be NULL). IOT_ERR_NOMEM / IOT_ERR_INTERNAL when OpenSSL fails. */
+enum iot_err crypto_sha256(const void *const *parts, const size_t *lens, size_t n,
+                           uint8_t out[CRYPTO_SHA256_LEN]);
+
 #endif

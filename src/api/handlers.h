@@ -41,6 +41,11 @@ void handle_integration_set_credentials(struct http_request *req, struct http_re
 void handle_integration_delete(struct http_request *req, struct http_response *resp);
 
 void handle_metrics(struct http_request *req, struct http_response *resp);
+void handle_lifecycle_provision(struct http_request *req, struct http_response *resp);
+void handle_lifecycle_decommission(struct http_request *req, struct http_response *resp);
+void handle_lifecycle_bulk_status(struct http_request *req, struct http_response *resp);
+void handle_events_list(struct http_request *req, struct http_response *resp);
+
 void handle_alive(struct http_request *req, struct http_response *resp);
 void handle_health(struct http_request *req, struct http_response *resp);
 void handle_tenant_delete(struct http_request *req, struct http_response *resp);

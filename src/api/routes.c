@@ -29,7 +29,13 @@ static const struct http_route api_routes[] = {
     {"GET", "/metrics", handle_metrics, 0},
     {"GET", INTERNAL "/alive", handle_alive, 0},
     {"GET", INTERNAL "/health", handle_health, 0},
+    {"GET", MGMT "/events", handle_events_list, READ},
     {"DELETE", INTERNAL "/tenants/{tenant_id}", handle_tenant_delete, 0},
+    {"POST", INTERNAL "/tenants/{tenant_id}/devices", handle_lifecycle_provision, 0},
+    {"DELETE", INTERNAL "/tenants/{tenant_id}/devices/{device_id}", handle_lifecycle_decommission,
+     0},
+    {"PUT", INTERNAL "/tenants/{tenant_id}/bulk/devices/status/{status}",
+     handle_lifecycle_bulk_status, 0},
 };
 
 static void release_identity(void *p)

@@ -228,13 +228,16 @@ enum iot_err queue_pub_run(struct queue *q, struct queue_pub_item *items, size_t
     if (remaining == 0)
         return IOT_OK;
 
-    /* Before the first connection there is no reason to believe a server is coming soon:
-     * fail fast. Once it was up, a disconnection is waited out for publish_timeout_ms. */
+    /* A publish keeps trying for publish_timeout_ms in every case, also before the first
+     * connection (a request arriving right after start-up should not fail while NATS is just
+     * being reached): the caller never gets 202 for an unstored event, nor a 503 it could
+     * have avoided. */
+    int64_t deadline = queue_mono_ms() + q->publish_timeout_ms;
     pthread_mutex_lock(&q->mu);
     bool ever = q->ever_ready || q->config_error;
     pthread_mutex_unlock(&q->mu);
-    if (!ever)
-        return queue_check_ready(q, "publishing to NATS", err);
+    if (!ever && (rc = queue_wait_ready_until(q, deadline, err)) != IOT_OK)
+        return rc;
 
     int64_t max_payload = natsConnection_GetMaxPayload(q->nc);
     for (size_t i = 0; i < n; i++) {
@@ -245,7 +248,6 @@ enum iot_err queue_pub_run(struct queue *q, struct queue_pub_item *items, size_t
                                  items[i].len);
     }
 
-    int64_t deadline = queue_mono_ms() + q->publish_timeout_ms;
     for (;;) {
         rc = queue_wait_ready_until(q, deadline, err);
         if (rc != IOT_OK) {

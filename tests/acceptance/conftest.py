@@ -1419,3 +1419,227 @@ class JwtKeys:
 @pytest.fixture(scope="session")
 def jwt_keys(tmp_path_factory):
     return JwtKeys(tmp_path_factory.mktemp("jwt-keys"))
+
+
+# --------------------------------------------------------------------------------------------
+# NATS JetStream (nats-server) and the Mender services simulator (tests/sim/mender_sim.py)
+# --------------------------------------------------------------------------------------------
+
+NATS_SERVER_BIN = os.environ.get("NATS_SERVER", "/usr/sbin/nats-server")  # not on every PATH
+MENDER_SIM = REPO / "tests" / "sim" / "mender_sim.py"
+
+
+class NatsServer:
+    """One nats-server with JetStream on free loopback ports and its own store directory.
+    stop()/start() keep port and store, so a restart is an outage, not a wipe."""
+
+    def __init__(self, workdir):
+        self.workdir = pathlib.Path(workdir)
+        self.store = self.workdir / "jetstream-store"
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.monitor_port = free_port()
+        self.log = self.workdir / "nats-server.log"
+        self.proc = None
+
+    @property
+    def url(self):
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self):
+        if not os.access(NATS_SERVER_BIN, os.X_OK):
+            pytest.fail(f"no nats-server at {NATS_SERVER_BIN} (apt-get install nats-server, or "
+                        f"set NATS_SERVER)")
+        argv = [NATS_SERVER_BIN, "-a", "127.0.0.1", "-js", "-sd", str(self.store),
+                "-p", str(self.port), "-m", str(self.monitor_port)]
+        logf = open(self.log, "ab")
+        self.proc = _register(subprocess.Popen(argv, stdout=logf, stderr=logf,
+                                               stdin=subprocess.DEVNULL, start_new_session=True))
+        logf.close()
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"nats-server exited with {self.proc.returncode}: "
+                                     + self.log.read_text(errors="replace")[-2000:])
+            try:
+                return self._get("/healthz?js-enabled-only=true", timeout=1)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, 10, interval=0.02, what="nats-server")
+        return self
+
+    def stop(self):
+        """SIGTERM (nats-server 2.9 exits with 1 on it), then SIGKILL after a grace period."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def _get(self, path, timeout=5):
+        conn = http.client.HTTPConnection("127.0.0.1", self.monitor_port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def streams(self):
+        """{stream name: its state (messages, first_seq, last_seq, ...)} from /jsz."""
+        status, body = self._get("/jsz?accounts=true&streams=true")
+        assert status == 200, body
+        out = {}
+        for account in json.loads(body).get("account_details") or []:
+            for stream in account.get("stream_detail") or []:
+                out[stream["name"]] = stream.get("state") or {}
+        return out
+
+    def stream_messages(self, name):
+        return (self.streams().get(name) or {}).get("messages", 0)
+
+
+@pytest.fixture(scope="module")
+def nats_server(tmp_path_factory):
+    """A nats-server shared by the tests of one module (tests use their own tenants/devices)."""
+    server = NatsServer(tmp_path_factory.mktemp("nats")).start()
+    yield server
+    with alarm_paused():
+        server.stop()
+
+
+@pytest.fixture
+def dedicated_nats(tmp_path):
+    """A nats-server of the test's own, which the test may stop and restart."""
+    server = NatsServer(tmp_path / "nats").start()
+    yield server
+    with alarm_paused():
+        server.stop()
+
+
+class MenderSim:
+    """tests/sim/mender_sim.py: workflows, deviceconfig and deviceauth on one loopback port."""
+
+    def __init__(self, workdir):
+        self.workdir = pathlib.Path(workdir)
+        self.proc = None
+        self.port = None
+
+    def start(self):
+        port_file = self.workdir / "port"
+        log = open(self.workdir / "mender-sim.log", "ab")
+        self.proc = _register(subprocess.Popen(
+            [os.environ.get("PYTHON", "python3"), str(MENDER_SIM), "--port-file", str(port_file),
+             "--quiet"], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            start_new_session=True))
+        log.close()
+
+        def port():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mender_sim.py exited with {self.proc.returncode}: "
+                                     + (self.workdir / "mender-sim.log").read_text()[-2000:])
+            text = port_file.read_text() if port_file.exists() else ""
+            return int(text) if text.endswith("\n") else None
+
+        self.port = wait_until(port, 10, what="mender_sim.py's port file")
+        return self
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def _call(self, method, path, body=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, path, body=data, headers=headers)
+            r = conn.getresponse()
+            text = r.read()
+            return r.status, (json.loads(text) if text else None)
+        finally:
+            conn.close()
+
+    def reset(self):
+        status, _ = self._call("POST", "/_sim/reset")
+        assert status in (200, 204), status
+
+    def requests(self):
+        status, body = self._call("GET", "/_sim/requests")
+        assert status == 200, body
+        return body["requests"]
+
+    def workflow_requests(self, name="provision_external_device"):
+        return [r for r in self.requests()
+                if r["method"] == "POST" and r["path"] == f"/api/v1/workflow/{name}"]
+
+    def configuration(self, tenant, device_id):
+        """{"configured", "deployments", "deployment_ids", "deployed"} or None."""
+        path = (f"/_sim/configurations/{urllib.parse.quote(tenant, safe='')}/"
+                f"{urllib.parse.quote(device_id, safe='')}")
+        status, body = self._call("GET", path)
+        if status == 404:
+            return None
+        assert status == 200, body
+        return body
+
+    def jobs(self):
+        status, body = self._call("GET", "/_sim/jobs")
+        assert status == 200, body
+        return body["jobs"]
+
+    def fault(self, **rule):
+        status, body = self._call("POST", "/_sim/faults", rule)
+        assert status in (200, 201, 204), body
+        return body
+
+
+@pytest.fixture(scope="session")
+def _mender_sim_process(tmp_path_factory):
+    sim = MenderSim(tmp_path_factory.mktemp("mender-sim")).start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def mender_sim(_mender_sim_process):
+    """The session's Mender simulator with no requests, configurations, jobs or faults."""
+    if _mender_sim_process.proc.poll() is not None:
+        pytest.fail("mender_sim.py died during an earlier test")
+    _mender_sim_process.reset()
+    return _mender_sim_process
+
+
+def lifecycle_env(nats, msim, **extra):
+    """Service settings for the lifecycle pipeline against `nats` and the Mender simulator."""
+    env = {
+        "IOT_MANAGER_NATS_URI": nats.url if nats is not None else None,
+        "IOT_MANAGER_WORKFLOWS_URL": msim.url,
+        "IOT_MANAGER_DEVICECONFIG_URL": msim.url,
+        "IOT_MANAGER_DEVICEAUTH_URL": msim.url,
+        "IOT_MANAGER_WORKERS": "2",
+        "IOT_MANAGER_HUB_RATELIMIT": "false",
+    }
+    env.update(extra)
+    return env
+
+
+def device_sas_token(host, device_id, key_b64, ttl=3600):
+    """A device SAS token (no policy name), as an Azure device SDK signs it."""
+    se = str(int(time.time()) + ttl)
+    sr = urllib.parse.quote(f"{host}/devices/{device_id}", safe="")
+    mac = hmac.new(base64.b64decode(key_b64), f"{sr}\n{se}".encode(), hashlib.sha256).digest()
+    return f"SharedAccessSignature sr={sr}&sig={urllib.parse.quote(b64(mac), safe='')}&se={se}"

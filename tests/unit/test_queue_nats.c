@@ -401,9 +401,16 @@ static void test_open_before_server(void **state)
     assert_int_equal(queue_health(f.q, &err), IOT_ERR_UNAVAILABLE);
     assert_true(err.msg[0] != '\0');
 
+    /* a publish keeps trying for publish_timeout_ms, also before the first connection */
     t0 = mono_ms();
     struct queue_publication p = {.kind = "provision", .data = "{}", .len = 2};
     assert_int_equal(queue_publish(f.q, &p, 1, &err), IOT_ERR_UNAVAILABLE);
+    int64_t publish_ms = mono_ms() - t0;
+    assert_true(publish_ms >= f.o.publish_timeout_ms - 50);
+    assert_true(publish_ms < f.o.publish_timeout_ms + 1500);
+
+    /* everything else fails fast */
+    t0 = mono_ms();
     char *v = NULL;
     size_t len;
     uint64_t rev;
