@@ -13,9 +13,10 @@
  * Start-up never blocks on NATS: queue_open() returns at once and connects (and creates or
  * updates the streams, consumer and buckets) in the background, reconnecting forever. Until
  * then every call but queue_publish() fails fast with IOT_ERR_UNAVAILABLE; a publish keeps
- * trying for publish_timeout_ms, before the first connection as after a disconnection. A setting JetStream cannot change on an
- * existing stream (storage, retention) is reported by queue_health() as IOT_ERR_CONFIG with a
- * clear message, and the `server`/`worker` commands stop at start-up when they see it.
+ * trying for publish_timeout_ms, before the first connection as after a disconnection. A setting
+ * JetStream cannot change on an existing stream (storage, retention) is reported by queue_health()
+ * as IOT_ERR_CONFIG with a clear message, and the `server`/`worker` commands stop at start-up when
+ * they see it.
  *
  * All calls are thread-safe; a consumer is used by one thread at a time.
  */
