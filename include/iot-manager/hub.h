@@ -26,6 +26,7 @@
 
 #include "iot-manager/connstr.h"
 #include "iot-manager/error.h"
+#include "iot-manager/metrics.h"
 #include "iot-manager/ratelimit.h"
 
 #define HUB_API_VERSION       "2021-04-12"
@@ -110,6 +111,7 @@ struct hub_options {
     unsigned query_page_size;      /* x-ms-max-item-count; default 100 */
     struct hub_retry_policy retry; /* default: 2 attempts, 100 ms..1 s, 429: 1 s..5 s, 5 s */
     struct ratelimit_config ratelimit;
+    struct metrics *metrics; /* borrowed; may be NULL: calls by operation and outcome */
 };
 
 /* Fills `opts` with the defaults listed above (rate limit: ratelimit_config_default()). */

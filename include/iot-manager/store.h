@@ -66,10 +66,16 @@ struct store_ops {
     void (*destroy)(struct store *st);
 };
 
-/* Adapters embed this as their first member. */
+struct metrics;
+
+/* Adapters embed this as their first member (zero-initialised). */
 struct store {
     const struct store_ops *ops;
+    struct metrics *metrics; /* borrowed; NULL: no latency metrics */
 };
+
+/* Records every call's latency in `metrics` (iot_manager_store_operation_duration_seconds). */
+void store_set_metrics(struct store *st, struct metrics *metrics);
 
 struct store_mongo_options {
     const char *url;      /* mongodb://... ; must contain "://" */

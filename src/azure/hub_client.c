@@ -176,6 +176,24 @@ static enum iot_err check_id(const char *id, struct hub_error *herr)
     return IOT_OK;
 }
 
+/* One HTTP attempt in iot_manager_hub_requests_total: operation = method and path template,
+ * status = the HTTP status, or the error class when no answer came. */
+static void count_attempt(const struct hub_client *c, const struct call *k,
+                          const struct hub_http_response *resp, const struct hub_error *herr)
+{
+    if (!c->opts.metrics)
+        return;
+    char status[32];
+    if (resp->status > 0)
+        snprintf(status, sizeof status, "%d", resp->status);
+    else
+        snprintf(status, sizeof status, "%s", hub_error_class_name(herr->cls));
+    char labels[160];
+    snprintf(labels, sizeof labels, "operation=\"%s %s%s%s\",status=\"%s\"", k->method, k->prefix,
+             k->device_id ? "{id}" : "", k->suffix ? k->suffix : "", status);
+    metrics_counter_add(c->opts.metrics, "iot_manager_hub_requests_total", labels, 1);
+}
+
 /* Runs `call` with pacing and retries. IOT_OK only for a 2xx answer; otherwise `herr` says why
  * and `resp` still holds the last answer (if any) for callers that read error bodies. */
 static enum iot_err hub_call(struct hub_client *c, const struct connstr *cs, const struct call *k,
@@ -234,6 +252,7 @@ static enum iot_err hub_call(struct hub_client *c, const struct connstr *cs, con
         herr->attempts = attempt;
         rc = hub_http_perform(c->http, &req, resp, herr);
         OPENSSL_cleanse(token, sizeof token);
+        count_attempt(c, k, resp, herr);
         if (rc == IOT_OK) {
             if (resp->status >= 200 && resp->status <= 299)
                 return IOT_OK;
