@@ -166,7 +166,58 @@ def _register(proc):
     return proc
 
 
+# Secrets must never reach the service's logs. Every log file of the run is scanned at the end
+# for the secrets the run handed to the service (keys in connection strings, encryption keys,
+# bearer tokens) and for anything shaped like a connection string, SAS token or signature.
+_SERVICE_LOGS = []
+_SECRETS = set()
+_LEAK_PATTERNS = [
+    re.compile(r"SharedAccessKey=(?![A-Za-z0-9+/=]{0,8}\.\.\.<omitted>)[A-Za-z0-9+/]{8,}"),
+    re.compile(r"SharedAccessSignature sr="),
+    re.compile(r"[?&]sig=[A-Za-z0-9%]{20,}"),
+]
+
+
+def remember_secrets(text):
+    """Registers the secrets in a request body or header value (connection-string keys, JWTs)."""
+    if not text:
+        return
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    for m in re.finditer(r"SharedAccessKey=([A-Za-z0-9+/=]{12,})", text):
+        _SECRETS.add(m.group(1))
+    for m in re.finditer(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", text):
+        _SECRETS.add(m.group(0))
+
+
+def scan_logs_for_secrets():
+    leaks = []
+    for path in _SERVICE_LOGS:
+        if not path.exists():
+            continue
+        text = path.read_text(errors="replace")
+        for pattern in _LEAK_PATTERNS:
+            m = pattern.search(text)
+            if m:
+                leaks.append(f"{path}: looks like a secret: {m.group(0)[:40]}...")
+        for secret in _SECRETS:
+            if len(secret) >= 12 and secret in text:
+                leaks.append(f"{path}: contains a secret the tests sent ({secret[:6]}...)")
+    return leaks
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
+    leaks = scan_logs_for_secrets()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if leaks:
+        for line in leaks[:50]:
+            if reporter:
+                reporter.write_line(f"SECRET IN LOGS: {line}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif reporter and _SERVICE_LOGS:
+        reporter.write_line(f"log scan: {len(_SERVICE_LOGS)} service logs, {len(_SECRETS)} "
+                            "secrets looked for, none found")
     for proc in _PROCESSES:
         if proc.poll() is None:
             proc.kill()
@@ -521,6 +572,8 @@ class ApiClient:
             h.setdefault("Content-Type", "application/json")
         if isinstance(body, str):
             body = body.encode()
+        remember_secrets(body)
+        remember_secrets(h.get("Authorization"))
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             conn.request(method, path, body=body, headers=h)
@@ -818,6 +871,7 @@ class Service:
         self.dbname = dbname or f"iotm_test_{uuid.uuid4().hex[:12]}"
         self.log_path = self.workdir / "iot-manager.stderr.log"
         self.stdout_path = self.workdir / "iot-manager.stdout.log"
+        _SERVICE_LOGS.extend([self.log_path, self.stdout_path])
         self.proc = None
         self.log_offset = 0
         self.checker = response_checker()
@@ -827,6 +881,9 @@ class Service:
         for k, v in (env or {}).items():
             if v is None:
                 self.env.pop(k, None)
+        for k, v in self.env.items():
+            if k.endswith(("_ENCRYPTION_KEY", "_FALLBACK_KEY")) and v and len(v) >= 12:
+                _SECRETS.add(v)
         self.args = ["server"]
 
     def default_env(self):
