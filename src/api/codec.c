@@ -185,8 +185,10 @@ static enum iot_err credentials_decode(const struct app *app, json_t *obj, const
 
     switch (t) {
     case CREDENTIAL_SAS:
-        if (!cs_text || !*cs_text) {
-            /* Mender accepts an empty connection string and stores nothing usable; we refuse */
+        /* Mender accepts an empty connection string and stores nothing usable; we refuse. One
+         * whose values are all empty ("HostName=") passes validation as a zero value, and then
+         * has no host: it is just as blank. */
+        if (!cs_text || !*cs_text || !cs.hostname || !*cs.hostname) {
             field_error(fe, "connection_string", "cannot be blank");
             break;
         }

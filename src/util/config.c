@@ -103,7 +103,7 @@ static enum iot_err check_deviceauth_url(struct config *cfg, const char *name,
         int n = snprintf(with_scheme, sizeof with_scheme, "http://%s", cfg->deviceauth_url);
         if (n < 0 || (size_t)n >= sizeof with_scheme)
             return iot_error_set(err, IOT_ERR_CONFIG, "%s: value too long", name);
-        memcpy(cfg->deviceauth_url, with_scheme, sizeof with_scheme);
+        memcpy(cfg->deviceauth_url, with_scheme, (size_t)n + 1); /* not the uninitialised rest */
     }
     return IOT_OK;
 }
