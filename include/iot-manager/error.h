@@ -12,22 +12,22 @@
 
 enum iot_err {
     IOT_OK = 0,
-    IOT_ERR_NOMEM,       /* allocation failed */
-    IOT_ERR_INVALID,     /* bad input from a caller: 400 */
-    IOT_ERR_NOT_FOUND,   /* 404 */
-    IOT_ERR_CONFLICT,    /* duplicate / in use: 409 */
-    IOT_ERR_UNAUTHORIZED,/* missing or malformed credentials: 401 */
-    IOT_ERR_FORBIDDEN,   /* authenticated but not allowed: 403 */
-    IOT_ERR_TOO_LARGE,   /* body over the limit: 413 */
-    IOT_ERR_UNAVAILABLE, /* a dependency (store, NATS, hub) cannot be reached: 503 */
-    IOT_ERR_TIMEOUT,     /* an outgoing call ran out of time */
-    IOT_ERR_THROTTLED,   /* the peer asked us to slow down */
-    IOT_ERR_UPSTREAM,    /* a peer answered something we cannot use: 502 */
-    IOT_ERR_CRYPTO,      /* a secret does not authenticate / cannot be sealed */
-    IOT_ERR_CONFIG,      /* bad configuration value */
-    IOT_ERR_IO,          /* local file or socket error */
+    IOT_ERR_NOMEM,           /* allocation failed */
+    IOT_ERR_INVALID,         /* bad input from a caller: 400 */
+    IOT_ERR_NOT_FOUND,       /* 404 */
+    IOT_ERR_CONFLICT,        /* duplicate / in use: 409 */
+    IOT_ERR_UNAUTHORIZED,    /* missing or malformed credentials: 401 */
+    IOT_ERR_FORBIDDEN,       /* authenticated but not allowed: 403 */
+    IOT_ERR_TOO_LARGE,       /* body over the limit: 413 */
+    IOT_ERR_UNAVAILABLE,     /* a dependency (store, NATS, hub) cannot be reached: 503 */
+    IOT_ERR_TIMEOUT,         /* an outgoing call ran out of time */
+    IOT_ERR_THROTTLED,       /* the peer asked us to slow down */
+    IOT_ERR_UPSTREAM,        /* a peer answered something we cannot use: 502 */
+    IOT_ERR_CRYPTO,          /* a secret does not authenticate / cannot be sealed */
+    IOT_ERR_CONFIG,          /* bad configuration value */
+    IOT_ERR_IO,              /* local file or socket error */
     IOT_ERR_NEEDS_MIGRATION, /* store schema older than this binary */
-    IOT_ERR_INTERNAL,    /* a broken invariant: 500 */
+    IOT_ERR_INTERNAL,        /* a broken invariant: 500 */
     IOT_ERR__COUNT
 };
 

@@ -19,8 +19,8 @@ void log_set_level(enum log_level level);
 enum log_level log_get_level(void);
 
 /* Writes one record. `request_id` and `tenant` may be NULL (omitted). */
-void log_write(enum log_level level, const char *request_id, const char *tenant, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+void log_write(enum log_level level, const char *request_id, const char *tenant, const char *fmt,
+               ...) __attribute__((format(printf, 4, 5)));
 
 /* Writes a pre-built JSON object (borrowed, not modified) as one line, preceded by "time" and
  * "level". Used by the access log. */

@@ -58,7 +58,10 @@ static enum iot_err check_key(const char *key, const char *path, struct iot_erro
                              TWIN_MAX_KEY_BYTES);
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)key[i];
-        if (c == '.' || c == ' ' || c < 0x20 || c == 0x7f)
+        /* C1 controls (U+0080..U+009F, UTF-8 C2 80..C2 9F) are refused by Azure as C0 ones are */
+        bool c1 = c == 0xC2 && i + 1 < len && (unsigned char)key[i + 1] >= 0x80 &&
+                  (unsigned char)key[i + 1] <= 0x9f;
+        if (c == '.' || c == ' ' || c < 0x20 || c == 0x7f || c1)
             return iot_error_set(err, IOT_ERR_INVALID,
                                  "malformed request body: %s: key \"%.64s\" contains '.', a space "
                                  "or a control character, which Azure IoT Hub does not allow",
