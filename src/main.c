@@ -27,6 +27,7 @@
 #include "iot-manager/queue.h"
 #include "iot-manager/sas.h"
 #include "iot-manager/store.h"
+#include "iot-manager/sync.h"
 
 enum exit_code { EXIT_OK = 0, EXIT_FAILURE_RUNTIME = 1, EXIT_USAGE = 2 };
 
@@ -51,6 +52,8 @@ static int cmd_migrate(struct cli *cli, struct config *cfg);
 static int cmd_version(struct cli *cli, struct config *cfg);
 static int cmd_reencrypt(struct cli *cli, struct config *cfg);
 static int cmd_sas_token(struct cli *cli, struct config *cfg);
+static int cmd_sync_devices(struct cli *cli, struct config *cfg);
+static int cmd_dlq(struct cli *cli, struct config *cfg);
 
 static const struct command commands[] = {
     {"server", cmd_server, "server [--automigrate]",
@@ -69,6 +72,19 @@ static const struct command commands[] = {
     {"sas-token", cmd_sas_token, "sas-token --connection-string CS [--expiry UNIX_SECONDS]",
      "Print the Authorization header value for a service or device connection string (no DNS, "
      "no whitelist check), for debugging with curl. Default expiry: one hour from now."},
+    {"sync-devices", cmd_sync_devices,
+     "sync-devices [--batch-size N] [--fail-early] [--dry-run] [--bulk] [--provision-existing]",
+     "Reconcile every device iot-manager knows with Mender's deviceauth and the tenants' IoT "
+     "Hubs, as Mender's job does (batches of N records of one tenant, default 50, at most 500): "
+     "decommission devices Mender no longer knows, fix statuses, provision devices the hub lacks. "
+     "--fail-early stops at the first failure (exit 1); --dry-run prints the plan and changes "
+     "nothing; --bulk uses bulk registry calls (large fleets); --provision-existing also "
+     "provisions each tenant's accepted devices the hub does not have. Takes the device leases "
+     "the lifecycle workers take when IOT_MANAGER_NATS_URI is set."},
+    {"dlq", cmd_dlq, "dlq list [--output text|json] | dlq replay [--all | SEQ...]",
+     "Dead-lettered lifecycle events (needs IOT_MANAGER_NATS_URI): `list` shows them (sequence, "
+     "original sequence, kind, tenant, device, deliveries, time, reason); `replay` publishes them "
+     "again as new events and removes them from the dead-letter stream."},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
@@ -204,11 +220,12 @@ static enum iot_err setup_keyring(const struct config *cfg, const char *primary_
 }
 
 /* The IoT Hub client as configured (timeouts, TLS, SSRF guard, the tier's quotas). */
-static enum iot_err open_hub_client(const struct config *cfg, struct hub_client **out,
-                                    struct iot_error *err)
+static enum iot_err open_hub_client(const struct config *cfg, struct metrics *metrics,
+                                    struct hub_client **out, struct iot_error *err)
 {
     struct hub_options ho;
     hub_options_default(&ho);
+    ho.metrics = metrics;
     ho.connect_timeout_ms = (long)cfg->hub_connect_timeout_ms;
     ho.total_timeout_ms = (long)cfg->hub_timeout_ms;
     ho.ca_file = cfg->hub_ca_file[0] ? cfg->hub_ca_file : NULL;
@@ -330,13 +347,14 @@ static int run_service(struct config *cfg, bool automigrate, bool serve_http)
         goto out;
     }
     app_init(&app, cfg, st, &kr);
-    if (open_hub_client(cfg, &hub, &err) != IOT_OK) {
+    if (open_hub_client(cfg, metrics, &hub, &err) != IOT_OK) {
         log_error("%s", err.msg);
         code = EXIT_USAGE;
         goto out;
     }
     app.hub = hub;
     app.metrics = metrics;
+    store_set_metrics(st, metrics);
     if (open_mender_client(cfg, &mender, &err) != IOT_OK) {
         log_error("%s", err.msg);
         code = EXIT_USAGE;
@@ -367,6 +385,12 @@ static int run_service(struct config *cfg, bool automigrate, bool serve_http)
         int64_t batch = cfg->fetch_batch;
         if (batch > cfg->nats_max_ack_pending)
             batch = cfg->nats_max_ack_pending; /* beyond it the server redelivers (c-stack §9.4) */
+        /* Messages a worker fetched wait until it gets to them, and count against MaxAckPending
+         * meanwhile: with many workers, large batches let the first few take everything while
+         * the others fetch nothing (64 workers x 32 > 1,000). Half the limit, shared out. */
+        int64_t share = cfg->nats_max_ack_pending / (2 * cfg->workers);
+        if (batch > share)
+            batch = share > 0 ? share : 1;
         struct lifecycle_workers_options wo = {
             .threads = (unsigned)cfg->workers,
             .fetch_batch = (unsigned)batch,
@@ -378,6 +402,12 @@ static int run_service(struct config *cfg, bool automigrate, bool serve_http)
             log_error("%s", err.msg);
             goto out;
         }
+        /* Each worker makes one hub call at a time; beyond the pool they queue for a
+         * connection, and the extra workers add nothing against a slow hub. */
+        if (cfg->workers > cfg->hub_max_connections)
+            log_warn("IOT_MANAGER_WORKERS (%d) exceeds IOT_MANAGER_HUB_MAX_CONNECTIONS (%d): "
+                     "workers will wait for a hub connection",
+                     (int)cfg->workers, (int)cfg->hub_max_connections);
     }
     if (serve_http) {
         if (api_server_start(&app, cfg, &srv, &err) != IOT_OK) {
@@ -618,6 +648,315 @@ static int cmd_sas_token(struct cli *cli, struct config *cfg)
 out:
     OPENSSL_cleanse(token, sizeof token);
     connstr_clear(&cs);
+    return code;
+}
+
+/* ---- sync-devices ---- */
+
+/* What the one-shot commands that reconcile devices need: keys, store, app, hub and Mender
+ * clients (the queue is opened by the caller when it needs one). */
+struct runtime {
+    struct crypto_keyring kr;
+    struct store *st;
+    struct app app;
+    struct hub_client *hub;
+    struct mender_client *mender;
+    struct queue *queue;
+};
+
+static int runtime_open(struct config *cfg, const char *what, struct runtime *rt)
+{
+    struct iot_error err = {0};
+    memset(rt, 0, sizeof *rt);
+    if (setup_keyring(cfg, cfg->aes_encryption_key, "IOT_MANAGER_AES_ENCRYPTION_KEY",
+                      cfg->aes_encryption_fallback_key, "IOT_MANAGER_AES_ENCRYPTION_FALLBACK_KEY",
+                      &rt->kr, &err) != IOT_OK) {
+        log_error("%s: %s", what, err.msg);
+        return EXIT_USAGE;
+    }
+    if (open_store(cfg, &rt->st, &err) != IOT_OK ||
+        migrate_with_retry(rt->st, STORE_MIGRATE_CHECK, 10, &err) != IOT_OK) {
+        log_error("%s: %s", what, err.msg);
+        return EXIT_FAILURE_RUNTIME;
+    }
+    app_init(&rt->app, cfg, rt->st, &rt->kr);
+    if (open_hub_client(cfg, NULL, &rt->hub, &err) != IOT_OK ||
+        open_mender_client(cfg, &rt->mender, &err) != IOT_OK) {
+        log_error("%s: %s", what, err.msg);
+        return EXIT_USAGE;
+    }
+    rt->app.hub = rt->hub;
+    rt->app.mender = rt->mender;
+    return EXIT_OK;
+}
+
+static void runtime_close(struct runtime *rt)
+{
+    queue_close(rt->queue);
+    mender_client_free(rt->mender);
+    hub_client_free(rt->hub);
+    store_destroy(rt->st);
+    OPENSSL_cleanse(&rt->kr, sizeof rt->kr);
+}
+
+/* The queue, connected: NULL with a logged reason when NATS does not answer in time. */
+static struct queue *queue_connect(const struct config *cfg, const char *what, int64_t wait_ms)
+{
+    struct iot_error err = {0};
+    struct queue *q = NULL;
+    if (open_queue(cfg, &q, &err) != IOT_OK) {
+        log_error("%s: IOT_MANAGER_NATS_URI: %s", what, err.msg);
+        return NULL;
+    }
+    if (queue_wait_ready(q, wait_ms, &err) != IOT_OK) {
+        log_error("%s: NATS JetStream is not ready: %s", what, err.msg);
+        queue_close(q);
+        return NULL;
+    }
+    return q;
+}
+
+static int cmd_sync_devices(struct cli *cli, struct config *cfg)
+{
+    struct sync_options so = {.batch_size = SYNC_BATCH_DEFAULT};
+    struct iot_error err = {0};
+    for (int i = 1; i < cli->argc; i++) {
+        const char *a = cli->argv[i];
+        const char *value = NULL;
+        if (strcmp(a, "--batch-size") == 0) {
+            if (i + 1 >= cli->argc) {
+                fprintf(stderr, "sync-devices: --batch-size needs a value\n");
+                return EXIT_USAGE;
+            }
+            value = cli->argv[++i];
+        } else if (strncmp(a, "--batch-size=", 13) == 0) {
+            value = a + 13;
+        } else if (strcmp(a, "--fail-early") == 0) {
+            so.fail_early = true;
+        } else if (strcmp(a, "--dry-run") == 0) {
+            so.dry_run = true;
+        } else if (strcmp(a, "--bulk") == 0) {
+            so.bulk = true;
+        } else if (strcmp(a, "--provision-existing") == 0) {
+            so.provision_existing = true;
+        } else {
+            fprintf(stderr, "sync-devices: unknown option %s\n", a);
+            return EXIT_USAGE;
+        }
+        if (value && sync_batch_size_parse(value, &so.batch_size, &err) != IOT_OK) {
+            fprintf(stderr, "%s\n", err.msg); /* Mender's own text */
+            return EXIT_USAGE;
+        }
+    }
+    signal(SIGPIPE, SIG_IGN);
+    struct runtime rt;
+    int code = runtime_open(cfg, "sync-devices", &rt);
+    if (code != EXIT_OK)
+        goto out;
+    code = EXIT_FAILURE_RUNTIME;
+    /* Without NATS there are no workers to coordinate with; with it, an unreachable NATS would
+     * mean changing devices a worker may be changing too. A dry run changes nothing. */
+    if (cfg->nats_uri[0] && !so.dry_run) {
+        if (!(rt.queue = queue_connect(cfg, "sync-devices", 10000)))
+            goto out;
+        rt.app.queue = rt.queue;
+    }
+    char host[256] = "";
+    if (gethostname(host, sizeof host) != 0)
+        snprintf(host, sizeof host, "unknown");
+    host[sizeof host - 1] = '\0';
+    char owner[320];
+    snprintf(owner, sizeof owner, "sync-devices:%.200s:%ld", host, (long)getpid());
+    so.owner = owner;
+    so.event_exp_s = cfg->event_exp_timeout;
+    so.lease_ttl_ms = cfg->lease_ttl_ms;
+    so.out = stdout;
+    so.progress = isatty(STDERR_FILENO) ? stderr : NULL;
+    struct sync_summary sum;
+    enum iot_err rc = sync_devices(&rt.app, &so, &sum, &err);
+    sync_summary_print(&sum, so.dry_run, stdout);
+    if (rc != IOT_OK) {
+        log_error("sync-devices stopped: %s", err.msg);
+        goto out;
+    }
+    if (sum.failed > 0)
+        log_warn("sync-devices: %llu devices failed (see above); run it again to retry them",
+                 (unsigned long long)sum.failed);
+    code = EXIT_OK;
+out:
+    runtime_close(&rt);
+    return code;
+}
+
+/* ---- dlq ---- */
+
+struct dlq_print {
+    bool json;
+    json_t *list; /* json output */
+    size_t n;
+};
+
+/* Control characters in a text column (device ids are whatever the publisher sent) would be
+ * interpreted by the terminal: shown as '?'. */
+static void put_text(const char *s)
+{
+    for (; s && *s; s++)
+        putchar((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s);
+}
+
+static void format_time_ms(int64_t ms, char *out, size_t cap)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    if (!gmtime_r(&t, &tm) || strftime(out, cap, "%Y-%m-%dT%H:%M:%S", &tm) == 0) {
+        snprintf(out, cap, "-");
+        return;
+    }
+    size_t len = strlen(out);
+    snprintf(out + len, cap - len, ".%03dZ", (int)(ms % 1000));
+}
+
+static enum iot_err dlq_print_one(const struct queue_dead_letter_entry *e, void *ctx)
+{
+    struct dlq_print *p = ctx;
+    struct lifecycle_event ev = {0};
+    struct iot_error err = {0};
+    bool decoded = lifecycle_event_decode(e->data, e->len, &ev, &err) == IOT_OK;
+    const char *tenant = decoded ? ev.tenant_id : "";
+    const char *device = decoded ? ev.device_id : "";
+    char when[40];
+    format_time_ms(e->time_ms, when, sizeof when);
+    if (p->json) {
+        json_t *o = json_pack("{s:I, s:I, s:s, s:s, s:s, s:I, s:s, s:s}", "seq",
+                              (json_int_t)e->dlq_seq, "original_seq", (json_int_t)e->original_seq,
+                              "kind", e->kind ? e->kind : "", "tenant_id", tenant, "device_id",
+                              device, "deliveries", (json_int_t)e->deliveries, "time", when,
+                              "reason", e->reason ? e->reason : "");
+        if (!o || json_array_append_new(p->list, o) != 0) {
+            lifecycle_event_clear(&ev);
+            return IOT_ERR_NOMEM;
+        }
+    } else {
+        if (p->n == 0)
+            printf("SEQ\tORIGINAL_SEQ\tKIND\tTENANT\tDEVICE\tDELIVERIES\tTIME\tREASON\n");
+        printf("%llu\t%llu\t", (unsigned long long)e->dlq_seq, (unsigned long long)e->original_seq);
+        put_text(e->kind && *e->kind ? e->kind : "-");
+        putchar('\t');
+        put_text(*tenant ? tenant : "-");
+        putchar('\t');
+        put_text(decoded ? device : "(not a lifecycle event)");
+        printf("\t%llu\t%s\t", (unsigned long long)e->deliveries, when);
+        put_text(e->reason && *e->reason ? e->reason : "-");
+        putchar('\n');
+    }
+    p->n++;
+    lifecycle_event_clear(&ev);
+    return IOT_OK;
+}
+
+static int dlq_list(struct queue *q, bool json)
+{
+    struct iot_error err = {0};
+    struct dlq_print p = {.json = json, .list = json ? json_array() : NULL};
+    if (json && !p.list)
+        return EXIT_FAILURE_RUNTIME;
+    enum iot_err rc = queue_dlq_list(q, dlq_print_one, &p, &err);
+    if (rc != IOT_OK) {
+        json_decref(p.list);
+        fprintf(stderr, "dlq list: %s\n", err.msg[0] ? err.msg : iot_strerror(rc));
+        return EXIT_FAILURE_RUNTIME;
+    }
+    if (json) {
+        char *text = json_dumps(p.list, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        puts(text ? text : "[]");
+        free(text);
+        json_decref(p.list);
+    } else if (p.n == 0) {
+        printf("no dead letters\n");
+    }
+    return EXIT_OK;
+}
+
+static int dlq_replay(struct queue *q, const uint64_t *seqs, size_t n, bool all)
+{
+    struct iot_error err = {0};
+    size_t replayed = 0;
+    enum iot_err rc = queue_dlq_replay(q, seqs, n, all, &replayed, &err);
+    if (rc != IOT_OK) {
+        fprintf(stderr, "dlq replay: %s%s\n", err.msg[0] ? err.msg : iot_strerror(rc),
+                rc == IOT_ERR_NOT_FOUND ? " (see `iot-manager dlq list`); nothing was replayed"
+                                        : "");
+        if (replayed > 0)
+            printf("replayed %zu dead letter%s before the failure\n", replayed,
+                   replayed == 1 ? "" : "s");
+        return EXIT_FAILURE_RUNTIME;
+    }
+    printf("replayed %zu dead letter%s\n", replayed, replayed == 1 ? "" : "s");
+    return EXIT_OK;
+}
+
+static int cmd_dlq(struct cli *cli, struct config *cfg)
+{
+    const char *sub = cli->argc > 1 ? cli->argv[1] : "";
+    bool list = strcmp(sub, "list") == 0;
+    if (!list && strcmp(sub, "replay") != 0) {
+        fprintf(stderr, "dlq: use `dlq list [--output text|json]` or `dlq replay [--all | "
+                        "SEQ...]`\n");
+        return EXIT_USAGE;
+    }
+    bool json = false, all = false;
+    size_t n = 0;
+    uint64_t *seqs = calloc((size_t)cli->argc, sizeof *seqs);
+    int code = EXIT_USAGE;
+    if (!seqs)
+        return EXIT_FAILURE_RUNTIME;
+    for (int i = 2; i < cli->argc; i++) {
+        const char *a = cli->argv[i];
+        const char *output = NULL;
+        if (list && strcmp(a, "--output") == 0 && i + 1 < cli->argc) {
+            output = cli->argv[++i];
+        } else if (list && strncmp(a, "--output=", 9) == 0) {
+            output = a + 9;
+        } else if (!list && strcmp(a, "--all") == 0) {
+            all = true;
+        } else if (!list && a[0] >= '0' && a[0] <= '9') {
+            char *end = NULL;
+            errno = 0;
+            unsigned long long v = strtoull(a, &end, 10);
+            if (errno || *end || v == 0) {
+                fprintf(stderr, "dlq replay: %s is not a dead-letter sequence number\n", a);
+                goto out;
+            }
+            seqs[n++] = (uint64_t)v;
+        } else {
+            fprintf(stderr, "dlq %s: unknown option or missing value: %s\n", sub, a);
+            goto out;
+        }
+        if (output) {
+            if (strcmp(output, "json") != 0 && strcmp(output, "text") != 0) {
+                fprintf(stderr, "dlq list: --output must be text or json\n");
+                goto out;
+            }
+            json = strcmp(output, "json") == 0;
+        }
+    }
+    if (!list && (all == (n > 0))) {
+        fprintf(stderr, "dlq replay: give either --all or the sequence numbers shown by `dlq "
+                        "list`\n");
+        goto out;
+    }
+    if (!cfg->nats_uri[0]) {
+        fprintf(stderr, "dlq: dead letters are kept in NATS JetStream: set IOT_MANAGER_NATS_URI\n");
+        goto out;
+    }
+    code = EXIT_FAILURE_RUNTIME;
+    struct queue *q = queue_connect(cfg, "dlq", 10000);
+    if (!q)
+        goto out;
+    code = list ? dlq_list(q, json) : dlq_replay(q, seqs, n, all);
+    queue_close(q);
+out:
+    free(seqs);
     return code;
 }
 

@@ -29,6 +29,8 @@
 #define LIFECYCLE_STATUS_MAX    32
 #define LIFECYCLE_SHA256_HEX    65
 #define LIFECYCLE_ID_MAX        1024 /* device ids longer than this are refused (400) */
+/* A device connection string: HostName (<= 255 + port) + DeviceId (<= 128) + key (<= 88). */
+#define LIFECYCLE_CS_MAX 1024
 
 enum lifecycle_kind { LIFECYCLE_PROVISION = 0, LIFECYCLE_STATUS, LIFECYCLE_DECOMMISSION };
 
@@ -129,6 +131,9 @@ struct lifecycle_record {
     char status[LIFECYCLE_STATUS_MAX];    /* Mender status that set `enabled` */
     uint64_t gen;                         /* bumped by every change of the desired fields */
     uint64_t applied_gen;                 /* the generation whose state is in the hub */
+    uint64_t applied_exists_seq;          /* exists_seq of that applied state: a provision event
+                                           * newer than it is not applied yet, whatever message
+                                           * happens to reconcile the device */
     char cs_sha256[LIFECYCLE_SHA256_HEX]; /* hex SHA-256 of the connection string delivered to
                                            * Configure; "" when none */
 };
@@ -150,6 +155,40 @@ enum iot_err lifecycle_record_decode(const char *data, size_t len, struct lifecy
  * moved, or was set for the first time. Returns true when the record must be written. */
 bool lifecycle_record_apply(struct lifecycle_record *r, const struct lifecycle_event *ev,
                             uint64_t seq);
+
+/* ---- building blocks shared by the workers and sync-devices (workers.c) ---- */
+
+/* Borrowed view of an iot-hub integration's service connection string: the strings stay owned
+ * by `in` (opened secrets). False when it has no host name or no usable key. */
+bool lifecycle_integration_connstr(const struct integration *in, struct connstr *out);
+
+/* The connection string delivered to Configure (contract §3.6):
+ * "HostName=<the integration's host, as written>;DeviceId=<id>;SharedAccessKey=<primary key>".
+ * A secret: the caller wipes `out` (capacity `cap`). False when it does not fit. */
+bool lifecycle_device_connstr(const struct integration *in, const char *device_id,
+                              const char *primary_key, char *out, size_t cap);
+
+/* Hex SHA-256 of a delivered connection string, as kept in the record's cs_sha256 ("" when
+ * hashing failed, which never equals a stored hash). */
+void lifecycle_connstr_hash(const char *text, char out[LIFECYCLE_SHA256_HEX]);
+
+/* One entry of the event log, with a single delivery status. Everything is borrowed. */
+struct lifecycle_log_entry {
+    const char *tenant_id;
+    const char *device_id;  /* for the warning when the entry cannot be saved */
+    const char *request_id; /* may be NULL */
+    const char *type;       /* device-provisioned, device-status-changed, device-decommissioned */
+    const json_t *data;     /* Mender's event data ({"id", ...}) */
+    const struct uuid *integration_id;
+    bool success;
+    const char *error; /* NULL or "" when none; never a secret */
+    int status_code;   /* 0 when none */
+    int64_t exp_s;     /* expiry after this many seconds (IOT_MANAGER_EVENT_EXP_TIMEOUT) */
+};
+
+/* Appends the entry to the tenant's event log. A failure is only logged as a warning: the
+ * change it records is made already, and repeating the change for a log line is worse. */
+void lifecycle_event_log(struct app *app, const struct lifecycle_log_entry *e);
 
 /* ---- workers ---- */
 

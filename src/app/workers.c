@@ -17,13 +17,14 @@
 #include "iot-manager/lifecycle.h"
 #include "iot-manager/log.h"
 
-#define RECORD_CAS_ATTEMPTS  32
-#define RECONCILE_PASSES_MAX 16
-#define RETRY_BASE_MS        500
-#define RETRY_CAP_MS         30000
-#define LEASE_RETRY_STEP_MS  250
-#define LEASE_RETRY_CAP_MS   5000
-#define CS_MAX               1024 /* HostName (<= 255 + port) + DeviceId (<= 128) + key (<= 88) */
+#define RECORD_CAS_ATTEMPTS      32
+#define RECONCILE_PASSES_MAX     16
+#define RETRY_BASE_MS            500
+#define RETRY_CAP_MS             30000
+#define LEASE_RETRY_STEP_MS      250
+#define LEASE_RETRY_CAP_MS       5000
+#define CS_MAX                   LIFECYCLE_CS_MAX
+#define RECORD_AFTER_DELIVERY_MS 10000
 
 static int64_t now_ms(int clock)
 {
@@ -130,8 +131,7 @@ static bool fail_store(struct failure *f, const struct iot_error *err, const cha
     return fail_retry(f, "%s: %s", what, err->msg[0] ? err->msg : iot_strerror(err->code));
 }
 
-/* Borrowed view of an integration's service connection string (the integration owns it). */
-static void connstr_view(const struct integration *in, struct connstr *cs)
+bool lifecycle_integration_connstr(const struct integration *in, struct connstr *cs)
 {
     memset(cs, 0, sizeof *cs);
     const struct credentials_sas *sas = &in->credentials.sas;
@@ -145,6 +145,7 @@ static void connstr_view(const struct integration *in, struct connstr *cs)
         cs->key_len = sas->access_key.len;
         cs->has_key = true;
     }
+    return cs->hostname && *cs->hostname && cs->has_key;
 }
 
 /* Keeps the lease and the message alive during long work. False when the lease was lost. */
@@ -213,9 +214,19 @@ static enum iot_err record_write(struct job *j, struct failure *f)
 /* Step 1: fold the event into the desired state (compare-and-set, retried on conflict). */
 static bool record_event(struct job *j, struct failure *f)
 {
+    /* A provision's first delivery is nearly always for a device without a record: creating it
+     * straight away (CAS on "absent") saves the read; when a record exists the create fails
+     * with CONFLICT and the usual read-modify-write follows. */
+    bool guess_absent = j->ev.kind == LIFECYCLE_PROVISION && j->m->deliveries <= 1;
     for (int attempt = 0; attempt < RECORD_CAS_ATTEMPTS; attempt++) {
-        if (!record_read(j, f))
+        if (attempt == 0 && guess_absent) {
+            lifecycle_record_clear(&j->rec);
+            j->rev = 0;
+            if (lifecycle_record_init(&j->rec, j->ev.tenant_id, j->ev.device_id) != IOT_OK)
+                return fail_retry(f, "out of memory");
+        } else if (!record_read(j, f)) {
             return false;
+        }
         if (!lifecycle_record_apply(&j->rec, &j->ev, j->m->seq))
             return true;
         enum iot_err rc = record_write(j, f);
@@ -227,15 +238,19 @@ static bool record_event(struct job *j, struct failure *f)
     return fail_retry(f, "the device's state kept changing while recording the event");
 }
 
-/* Marks generation `gen` applied (and the delivered connection string's hash when `cs_sha256`
- * is not NULL), re-reading on conflict so nobody's newer desired state is lost. */
-static bool record_applied(struct job *j, uint64_t gen, const char *cs_sha256, struct failure *f)
+/* Marks generation `gen`, whose state had `exists_seq`, applied (and the delivered connection
+ * string's hash when `cs_sha256` is not NULL), re-reading on conflict so nobody's newer desired
+ * state is lost. */
+static bool record_applied(struct job *j, uint64_t gen, uint64_t exists_seq, const char *cs_sha256,
+                           struct failure *f)
 {
     for (int attempt = 0; attempt < RECORD_CAS_ATTEMPTS; attempt++) {
         if (attempt > 0 && !record_read(j, f))
             return false;
         if (j->rec.applied_gen < gen)
             j->rec.applied_gen = gen;
+        if (j->rec.applied_exists_seq < exists_seq)
+            j->rec.applied_exists_seq = exists_seq;
         if (cs_sha256)
             snprintf(j->rec.cs_sha256, sizeof j->rec.cs_sha256, "%s", cs_sha256);
         enum iot_err rc = record_write(j, f);
@@ -245,6 +260,38 @@ static bool record_applied(struct job *j, uint64_t gen, const char *cs_sha256, s
             return false;
     }
     return fail_retry(f, "the device's state kept changing while recording the outcome");
+}
+
+/* Records the outcome of a pass that delivered a connection string to Configure. Failing here
+ * would deliver the same string again on the retry, so NATS being unreachable (restarting, a
+ * network blip) is waited for rather than given up at once: for up to RECORD_AFTER_DELIVERY_MS,
+ * and at most two thirds of the lease TTL, while the lease most likely stays ours. */
+static bool record_delivery(struct job *j, uint64_t gen, uint64_t exists_seq, const char *cs_sha256,
+                            struct failure *f)
+{
+    int64_t patience = RECORD_AFTER_DELIVERY_MS;
+    if (j->o->lease_ttl_ms > 0 && j->o->lease_ttl_ms * 2 / 3 < patience)
+        patience = j->o->lease_ttl_ms * 2 / 3;
+    int64_t deadline = now_ms(CLOCK_MONOTONIC) + patience;
+    int healthy_failures = 0;
+    for (;;) {
+        memset(f, 0, sizeof *f);
+        if (record_applied(j, gen, exists_seq, cs_sha256, f))
+            return true;
+        int64_t left = deadline - now_ms(CLOCK_MONOTONIC);
+        if (f->permanent || left <= 0)
+            return false;
+        struct iot_error err = {0};
+        /* A write that failed on a dropped connection may be seen before the queue notices the
+         * outage: a few quick retries, then the usual retry of the event. */
+        if (queue_health(j->app->queue, &err) == IOT_OK && ++healthy_failures > 3)
+            return false;
+        if (queue_wait_ready(j->app->queue, left, &err) != IOT_OK)
+            return false;
+        /* ready (again): the lease may have expired meanwhile; the CAS keeps the write safe */
+        struct timespec pause = {.tv_nsec = 100 * 1000000L};
+        nanosleep(&pause, NULL);
+    }
 }
 
 /* ---- event log ---- */
@@ -269,51 +316,69 @@ static json_t *log_data(const struct job *j, const char *type)
                      j->rec.status[0] ? j->rec.status : (j->ev.status ? j->ev.status : ""));
 }
 
-/* Appends an entry to the tenant's event log. A failure is only logged: the hub already has the
- * change, and retrying the whole event for a log line could repeat a Configure deployment. */
-static void log_event(struct job *j, const char *type, const struct uuid *integration_id,
-                      bool success, const char *error, int status_code)
+void lifecycle_event_log(struct app *app, const struct lifecycle_log_entry *e)
 {
     char err_text[IOT_ERROR_MSG_MAX];
-    snprintf(err_text, sizeof err_text, "%s", error ? error : "");
+    snprintf(err_text, sizeof err_text, "%s", e->error ? e->error : "");
     struct delivery_status st = {
-        .integration_id = *integration_id,
-        .success = success,
-        .error = error && *error ? err_text : NULL,
-        .status_code = status_code,
+        .integration_id = *e->integration_id,
+        .success = e->success,
+        .error = e->error && *e->error ? err_text : NULL,
+        .status_code = e->status_code,
     };
     int64_t now = now_ms(CLOCK_REALTIME);
     struct event_record ev = {
-        .tenant_id = j->ev.tenant_id,
-        .type = (char *)type,
-        .data = log_data(j, type),
+        .tenant_id = (char *)e->tenant_id,
+        .type = (char *)e->type,
+        .data = (json_t *)e->data,
         .event_ts_ms = now,
-        .expire_ts_ms = now + j->o->event_exp_s * 1000,
+        .expire_ts_ms = now + e->exp_s * 1000,
         .statuses = &st,
         .n_statuses = 1,
     };
     struct iot_error err = {0};
     enum iot_err rc = ev.data ? uuid_generate_v4(&ev.id) : IOT_ERR_NOMEM;
     if (rc == IOT_OK)
-        rc = store_event_insert(j->app->store, &ev, &err);
+        rc = store_event_insert(app->store, &ev, &err);
     if (rc != IOT_OK)
-        log_write(LOG_LEVEL_WARN, j->ev.request_id, j->ev.tenant_id,
-                  "device %s: cannot save the %s event: %s", j->ev.device_id, type,
+        log_write(LOG_LEVEL_WARN, e->request_id, e->tenant_id,
+                  "device %s: cannot save the %s event: %s", e->device_id, e->type,
                   err.msg[0] ? err.msg : iot_strerror(rc));
-    json_decref(ev.data);
+}
+
+/* Appends an entry to the tenant's event log. A failure is only logged: the hub already has the
+ * change, and retrying the whole event for a log line could repeat a Configure deployment. */
+static void log_event(struct job *j, const char *type, const struct uuid *integration_id,
+                      bool success, const char *error, int status_code)
+{
+    json_t *data = log_data(j, type);
+    struct lifecycle_log_entry e = {
+        .tenant_id = j->ev.tenant_id,
+        .device_id = j->ev.device_id,
+        .request_id = j->ev.request_id,
+        .type = type,
+        .data = data,
+        .integration_id = integration_id,
+        .success = success,
+        .error = error,
+        .status_code = status_code,
+        .exp_s = j->o->event_exp_s,
+    };
+    lifecycle_event_log(j->app, &e);
+    json_decref(data);
 }
 
 /* ---- reconciling one integration ---- */
 
-static void compose_connstr(const struct integration *in, const struct hub_device *d, char *out,
-                            size_t cap, bool *fits)
+bool lifecycle_device_connstr(const struct integration *in, const char *device_id,
+                              const char *primary_key, char *out, size_t cap)
 {
     int n = snprintf(out, cap, "HostName=%s;DeviceId=%s;SharedAccessKey=%s",
-                     in->credentials.sas.hostname, d->device_id, d->primary_key);
-    *fits = n > 0 && (size_t)n < cap;
+                     in->credentials.sas.hostname, device_id, primary_key);
+    return n > 0 && (size_t)n < cap;
 }
 
-static void sha256_hex(const char *text, char out[LIFECYCLE_SHA256_HEX])
+void lifecycle_connstr_hash(const char *text, char out[LIFECYCLE_SHA256_HEX])
 {
     static const char hex[] = "0123456789abcdef";
     uint8_t digest[CRYPTO_SHA256_LEN];
@@ -397,7 +462,7 @@ static bool provision(struct job *j, const struct integration *in, const struct 
         ok = fail_permanent(f, "device has no connection string");
     bool fits = false;
     if (ok)
-        compose_connstr(in, &d, text, sizeof text, &fits);
+        fits = lifecycle_device_connstr(in, d.device_id, d.primary_key, text, sizeof text);
     hub_device_clear(&d);
     if (ok && !fits)
         ok = fail_permanent(f, "the device's connection string is longer than %d bytes", CS_MAX);
@@ -406,7 +471,7 @@ static bool provision(struct job *j, const struct integration *in, const struct 
         return false;
     }
     char hash[LIFECYCLE_SHA256_HEX];
-    sha256_hex(text, hash);
+    lifecycle_connstr_hash(text, hash);
     if (hash[0] && strcmp(hash, j->rec.cs_sha256) == 0) {
         wipe(text, sizeof text);
         return true; /* this very string was delivered already: no second deployment */
@@ -473,9 +538,13 @@ static bool reconcile_pass(struct job *j, char cs_hash[LIFECYCLE_SHA256_HEX], bo
             linked = uuid_equal(&dev.integration_ids[k], &in->id);
         /* Not linked: a device we never provisioned (it predates the integration), or one an
          * operator unlinked after we did (DELETE /devices/{id}), is left alone; only our own
-         * unfinished provisioning, or a new provision event, goes on. */
+         * unfinished provisioning, or a provision event not applied yet, goes on. Decided on the
+         * record, not on the kind of the message in hand: whichever of the device's messages
+         * takes the lease applies the same state (a decommission interrupted after unlinking
+         * leaves a delivered hash behind, and the newer provision must still win). */
         bool ours = j->rec.exists && j->rec.exists_seq > 0;
-        if (!linked && !(ours && (!j->rec.cs_sha256[0] || j->ev.kind == LIFECYCLE_PROVISION)))
+        bool new_provision = j->rec.exists_seq > j->rec.applied_exists_seq;
+        if (!linked && !(ours && (!j->rec.cs_sha256[0] || new_provision)))
             continue;
         f->has_integration = true;
         f->integration_id = in->id;
@@ -483,8 +552,7 @@ static bool reconcile_pass(struct job *j, char cs_hash[LIFECYCLE_SHA256_HEX], bo
                       : j->rec.exists ? "device-provisioned"
                                       : "device-status-changed";
         struct connstr cs;
-        connstr_view(in, &cs);
-        if (!cs.hostname || !*cs.hostname || !cs.has_key) {
+        if (!lifecycle_integration_connstr(in, &cs)) {
             ok = fail_permanent(f, "no connection string or credentials configured for the "
                                    "tenant");
             break;
@@ -590,12 +658,29 @@ void lifecycle_handle(struct app *app, const struct lifecycle_worker_options *o,
         return;
     }
     lifecycle_device_key(j.ev.tenant_id, j.ev.device_id, j.key);
+    /* A first delivery almost always has work to do: it takes the lease before recording, so
+     * the record it reads and writes under the lease is current and needs no second read. A
+     * redelivery records first and leaves the lease alone when its state is applied already
+     * (the usual case after another worker held the lease). */
+    bool lease_first = m->deliveries <= 1;
+    enum iot_err rc = IOT_OK;
+    if (lease_first) {
+        rc = queue_lease_acquire(app->queue, j.key, o->owner, &j.lease_rev, &err);
+        if (rc == IOT_OK) {
+            j.leased = true;
+            j.lease_at = now_ms(CLOCK_MONOTONIC);
+        } else if (rc != IOT_ERR_CONFLICT) {
+            fail_retry(&f, "cannot take the device's lease: %s", err.msg);
+            goto failed;
+        }
+    }
     if (!record_event(&j, &f))
         goto failed;
     if (j.rec.applied_gen >= j.rec.gen)
         goto done;
 
-    enum iot_err rc = queue_lease_acquire(app->queue, j.key, o->owner, &j.lease_rev, &err);
+    if (!lease_first)
+        rc = queue_lease_acquire(app->queue, j.key, o->owner, &j.lease_rev, &err);
     if (rc == IOT_ERR_CONFLICT) {
         /* The holder will most likely apply our state; the redelivery checks. */
         if (o->max_deliver > 0 && m->deliveries >= (uint64_t)o->max_deliver) {
@@ -616,11 +701,13 @@ void lifecycle_handle(struct app *app, const struct lifecycle_worker_options *o,
         fail_retry(&f, "cannot take the device's lease: %s", err.msg);
         goto failed;
     }
-    j.leased = true;
-    j.lease_at = now_ms(CLOCK_MONOTONIC);
-    /* The record may have moved between recording and taking the lease. */
-    if (!record_read(&j, &f))
-        goto failed;
+    if (!j.leased) {
+        j.leased = true;
+        j.lease_at = now_ms(CLOCK_MONOTONIC);
+        /* The record may have moved between recording and taking the lease. */
+        if (!record_read(&j, &f))
+            goto failed;
+    }
 
     for (int pass = 0; j.rec.applied_gen < j.rec.gen; pass++) {
         if (pass == RECONCILE_PASSES_MAX) {
@@ -629,6 +716,7 @@ void lifecycle_handle(struct app *app, const struct lifecycle_worker_options *o,
             goto failed;
         }
         uint64_t gen = j.rec.gen;
+        uint64_t exists_seq = j.rec.exists_seq;
         char hash[LIFECYCLE_SHA256_HEX];
         bool cs_set = false;
         memset(&f, 0, sizeof f);
@@ -637,11 +725,17 @@ void lifecycle_handle(struct app *app, const struct lifecycle_worker_options *o,
             if (cs_set) {
                 /* Keep what was delivered, so the retry does not deploy it again. */
                 struct failure ignored = {0};
-                record_applied(&j, 0, hash, &ignored);
+                if (hash[0])
+                    record_delivery(&j, 0, 0, hash, &ignored);
+                else
+                    record_applied(&j, 0, 0, hash, &ignored);
             }
             goto failed;
         }
-        if (!record_applied(&j, gen, cs_set ? hash : NULL, &f))
+        bool recorded = cs_set && hash[0]
+                            ? record_delivery(&j, gen, exists_seq, hash, &f)
+                            : record_applied(&j, gen, exists_seq, cs_set ? hash : NULL, &f);
+        if (!recorded)
             goto failed;
     }
 done:

@@ -1184,8 +1184,11 @@ def hub_sas_token(host, policy_name, key_b64, ttl=3600):
 class IotHubSim:
     """The iothub-sim process (HTTPS with a throwaway CA) and helpers for its APIs."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, policies=None):
         self.workdir = pathlib.Path(workdir)
+        # (name, primary, secondary, permissions) of each shared access policy; a test may start
+        # a simulator of its own with more (e.g. one policy per tenant, as Mender's tests do).
+        self.policies = list(policies) if policies is not None else [SIM_OWNER, SIM_READ_ONLY]
         self.certs = self.workdir / "certs"
         self.ca = str(self.certs / "ca.pem")
         self.proc = None
@@ -1205,7 +1208,7 @@ class IotHubSim:
             port_file.unlink()
         argv = [SIM_BIN, "--cert", str(self.certs / "server.pem"),
                 "--key", str(self.certs / "server.key"), "--port-file", str(port_file), "--quiet"]
-        for policy in (SIM_OWNER, SIM_READ_ONLY):
+        for policy in self.policies:
             argv += ["--policy", ":".join(policy)]
         log = open(self.workdir / "iothub-sim.log", "ab")
         self.proc = _register(subprocess.Popen(argv, stdout=log, stderr=log,

@@ -31,9 +31,10 @@ One HTTP server on one loopback port plays three services (their paths do not ov
 The tenant may be empty (open source): paths then read ".../tenants//...".
 
 Control API (never logged, never faulted):
-  GET  /_sim/requests                  {"requests": [{method, path, query, query_params,
-                                        headers (lower-case names), body, status}, ...]} in
-                                        arrival order; path is the raw (undecoded) path
+  GET  /_sim/requests                  {"requests": [{time_ms, method, path, query,
+                                        query_params, headers (lower-case names), body,
+                                        status}, ...]} in arrival order; path is the raw
+                                        (undecoded) path; time_ms: arrival, Unix ms (float)
   GET  /_sim/configurations/{t}/{d}    {"configured": {...}, "deployments": N,
                                         "deployment_ids": [...], "deployed": [<set>, ...]}
                                         or 404 when the device has no configuration
@@ -249,6 +250,7 @@ class Handler(BaseHTTPRequestHandler):
             return
 
         entry = {
+            "time_ms": time.time() * 1000.0,  # arrival, Unix ms with a fraction
             "method": self.command,
             "path": raw_path,
             "query": query,

@@ -865,7 +865,9 @@ void sim_route_query(struct sim *s, const char *body, size_t len, const char *ma
         pthread_rwlock_unlock(&s->reg.lock);
         goto out;
     }
-    qsort(cands, ncand, sizeof *cands, cmp_dev);
+    if (ncand > 1) { /* cands may be NULL when nothing matched: qsort's argument must not be */
+        qsort(cands, ncand, sizeof *cands, cmp_dev);
+    }
     size_t start = 0;
     if (last[0]) {
         while (start < ncand && strcmp(cands[start]->id, last) <= 0) {

@@ -40,8 +40,9 @@ static void mongo_global_cleanup(void)
 
 static void mongo_global_init(void)
 {
-    mongoc_init();
+    /* the handler first: mongoc_init() itself may log (e.g. its shared-memory counters) */
     mongoc_log_set_handler(mongo_log_handler, NULL);
+    mongoc_init();
     atexit(mongo_global_cleanup);
 }
 
