@@ -29,6 +29,10 @@ step "build"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs"
 
+step "documentation generated from the code is current"
+python3 scripts/gen-config-doc.py --check --bin build/iot-manager
+/usr/bin/python3 scripts/gen-api-doc.py --check
+
 # One MongoDB-wire server for the whole run (FerretDB unless mongod or a URL is given).
 export IOT_MANAGER_BIN="$root/build/iot-manager"
 export IOTHUB_SIM="$root/build/iothub-sim"
@@ -47,7 +51,7 @@ exec_tests() {
   # Debian's interpreter: its python3-pytest, -pymongo, -jsonschema and -yaml are installed by
   # install-deps.sh (a pyenv python earlier on PATH would lack them).
   step "IoT Hub simulator tests"
-  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/sim
+  IOTHUB_SIM="$root/build/iothub-sim" /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/sim
 
   step "acceptance tests (sqlite and mongo store)"
   /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/acceptance
