@@ -1015,7 +1015,12 @@ int main(int argc, char **argv)
     }
     for (int i = 1; i < cli.argc; i++) {
         if (strcmp(cli.argv[i], "--help") == 0 || strcmp(cli.argv[i], "-h") == 0) {
-            printf("Usage: iot-manager [global options] %s\n\n%s\n", cmd->usage, cmd->help);
+            printf("Usage: iot-manager [global options] %s\n\n%s\n\n"
+                   "Global options: --config FILE, --log-level debug|info|warn|error.\n"
+                   "Exit codes: 0 success; 1 run-time failure (database, migration, keys, NATS,\n"
+                   "a failed step with --fail-early); 2 usage or configuration error.\n"
+                   "Settings: iot-manager --help, or docs/configuration.md.\n",
+                   cmd->usage, cmd->help);
             return EXIT_OK;
         }
     }
