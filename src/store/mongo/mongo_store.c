@@ -40,7 +40,10 @@ static void mongo_global_cleanup(void)
 
 static void mongo_global_init(void)
 {
-    /* the handler first: mongoc_init() itself may log (e.g. its shared-memory counters) */
+    /* libmongoc's performance counters live in /dev/shm/mongoc-<pid> files, which a killed
+     * process leaves behind and a later process with the same pid then trips over (printing a
+     * raw, non-JSON warning). We export no such counters: keep them in plain memory. */
+    setenv("MONGOC_DISABLE_SHM", "1", 0);
     mongoc_log_set_handler(mongo_log_handler, NULL);
     mongoc_init();
     atexit(mongo_global_cleanup);
