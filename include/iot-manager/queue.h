@@ -171,7 +171,8 @@ enum iot_err queue_lease_acquire(struct queue *q, const char *key, const char *o
 /* Extends a lease we hold (CONFLICT if it was lost). */
 enum iot_err queue_lease_renew(struct queue *q, const char *key, const char *owner,
                                uint64_t *revision, struct iot_error *err);
-/* Releases a lease we hold; a lease already gone is not an error. */
+/* Releases a lease we hold; a lease already gone is not an error. Asynchronous: the release is
+ * sent without waiting for the server's answer (a lost one leaves the lease to expire). */
 enum iot_err queue_lease_release(struct queue *q, const char *key, uint64_t revision,
                                  struct iot_error *err);
 

@@ -559,12 +559,12 @@ enum iot_err lifecycle_record_encode(const struct lifecycle_record *r, char **ou
 {
     *out = NULL;
     *len = 0;
-    json_t *obj =
-        json_pack("{s:s, s:s, s:b, s:I, s:b, s:I, s:s, s:I, s:I, s:s}", "tenant_id", r->tenant_id,
-                  "device_id", r->device_id, "exists", r->exists, "exists_seq",
-                  (json_int_t)r->exists_seq, "enabled", r->enabled, "enabled_seq",
-                  (json_int_t)r->enabled_seq, "status", r->status, "gen", (json_int_t)r->gen,
-                  "applied_gen", (json_int_t)r->applied_gen, "cs_sha256", r->cs_sha256);
+    json_t *obj = json_pack(
+        "{s:s, s:s, s:b, s:I, s:b, s:I, s:s, s:I, s:I, s:I, s:s}", "tenant_id", r->tenant_id,
+        "device_id", r->device_id, "exists", r->exists, "exists_seq", (json_int_t)r->exists_seq,
+        "enabled", r->enabled, "enabled_seq", (json_int_t)r->enabled_seq, "status", r->status,
+        "gen", (json_int_t)r->gen, "applied_gen", (json_int_t)r->applied_gen, "applied_exists_seq",
+        (json_int_t)r->applied_exists_seq, "cs_sha256", r->cs_sha256);
     char *text = obj ? json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(obj);
     if (!text)
@@ -604,7 +604,8 @@ enum iot_err lifecycle_record_decode(const char *data, size_t len, struct lifecy
     const char *cs = json_string_value(json_object_get(root, "cs_sha256"));
     if (!tenant || !device || !get_seq(root, "exists_seq", &out->exists_seq) ||
         !get_seq(root, "enabled_seq", &out->enabled_seq) || !get_seq(root, "gen", &out->gen) ||
-        !get_seq(root, "applied_gen", &out->applied_gen)) {
+        !get_seq(root, "applied_gen", &out->applied_gen) ||
+        !get_seq(root, "applied_exists_seq", &out->applied_exists_seq)) {
         rc = iot_error_set(err, IOT_ERR_INTERNAL, "device record has missing or bad fields");
         goto out;
     }
@@ -616,6 +617,11 @@ enum iot_err lifecycle_record_decode(const char *data, size_t len, struct lifecy
     get_seq(root, "enabled_seq", &out->enabled_seq);
     get_seq(root, "gen", &out->gen);
     get_seq(root, "applied_gen", &out->applied_gen);
+    get_seq(root, "applied_exists_seq", &out->applied_exists_seq);
+    /* Written before the field existed: a record whose state was applied had its exists event
+     * applied too. */
+    if (!json_object_get(root, "applied_exists_seq") && out->applied_gen >= out->gen)
+        out->applied_exists_seq = out->exists_seq;
     out->exists = json_is_true(json_object_get(root, "exists"));
     out->enabled = json_is_true(json_object_get(root, "enabled"));
     snprintf(out->status, sizeof out->status, "%s", status ? status : "");

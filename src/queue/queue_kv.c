@@ -160,20 +160,25 @@ enum iot_err queue_lease_release(struct queue *q, const char *key, uint64_t revi
     if (rc != IOT_OK)
         return rc;
     char subject[QUEUE_NAME_MAX + QUEUE_KEY_MAX + 8];
+    char rev[24];
     snprintf(subject, sizeof subject, "$KV.%s.%s", q->lease_bucket, key);
+    snprintf(rev, sizeof rev, "%llu", (unsigned long long)revision);
     natsMsg *m = NULL;
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.ExpectLastSubjectSeq = revision;
-    jsErrCode jerr = 0;
-    /* the KV delete marker, as kvStore_Delete writes it, but conditional on our revision */
+    /* The KV delete marker, as kvStore_Delete writes it, but conditional on our revision (the
+     * stream refuses it once someone else holds the lease). Published without waiting for the
+     * stream's answer: a release is only an optimisation over the TTL, so a lost one costs a
+     * later taker a retry, while waiting for it cost every event a round trip. The server
+     * handles one connection's messages in order, so a later take by this process normally
+     * finds the lease free; if not, it is retried like any lease held by another worker. */
     natsStatus s = natsMsg_Create(&m, subject, NULL, NULL, 0);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(m, "KV-Operation", "DEL");
     if (s == NATS_OK)
-        s = js_PublishMsg(NULL, q->js, m, &po, &jerr);
+        s = natsMsgHeader_Set(m, "Nats-Expected-Last-Subject-Sequence", rev);
+    if (s == NATS_OK)
+        s = natsConnection_PublishMsg(q->nc, m);
     natsMsg_Destroy(m);
-    if (s == NATS_OK || jerr == QUEUE_JERR_WRONG_LAST_SEQUENCE)
-        return IOT_OK; /* released, or no longer ours to release */
-    return queue_nats_error(q, err, s, jerr, "releasing a lease");
+    if (s == NATS_OK)
+        return IOT_OK;
+    return queue_nats_error(q, err, s, 0, "releasing a lease");
 }
