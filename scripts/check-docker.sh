@@ -379,7 +379,12 @@ if os.path.exists(binary) and shutil.which("readelf") and shutil.which("dpkg"):
     dyn = subprocess.run(["readelf", "-d", binary], capture_output=True, text=True).stdout
     for lib in re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dyn):
         owner = subprocess.run(["dpkg", "-S", "*/" + lib], capture_output=True, text=True).stdout
-        pkg = owner.split(":")[0].strip() if owner else ""
+        # several packages may ship a library of that name (libc6-i386 has libm.so.6 too):
+        # take the one whose file is in the native multiarch directory
+        lines = owner.splitlines()
+        native = [l for l in lines if "/x86_64-linux-gnu/" in l or "/aarch64-linux-gnu/" in l]
+        first = (native or lines or [""])[0]
+        pkg = first.split(":")[0].strip() if first else ""
         if pkg in ("libc6", "libgcc-s1"):
             continue  # part of the base image
         check("%s needs %s (package %s): installed in the runtime stage" % (binary, lib, pkg or "?"),

@@ -60,6 +60,7 @@ wait_file "$state/sim.port" && wait_file "$state/mender.port" || { echo "simulat
 sim_port=$(head -n1 "$state/sim.port")
 mender_port=$(head -n1 "$state/mender.port")
 
+MONGOC_DISABLE_SHM=1 \
 IOT_MANAGER_LISTEN="127.0.0.1:$port" \
 IOT_MANAGER_SQLITE_PATH="$state/iot-manager.db" \
 IOT_MANAGER_DOMAIN_WHITELIST="*.azure-devices.net localhost" \

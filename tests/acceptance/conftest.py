@@ -896,6 +896,10 @@ class Service:
             "IOT_MANAGER_LISTEN": f"127.0.0.1:{self.port}",
             "IOT_MANAGER_DOMAIN_WHITELIST": WHITELIST,
             "IOT_MANAGER_AES_ENCRYPTION_KEY": TEST_AES_KEY,
+            # libmongoc initialises itself in a library constructor, before main(), and then
+            # prints a raw warning when a killed process left /dev/shm/mongoc-<pid> behind
+            # (tests kill processes on purpose). The image and run-local.sh set it too.
+            "MONGOC_DISABLE_SHM": "1",
         })
         if self.backend == "sqlite":
             env["IOT_MANAGER_SQLITE_PATH"] = str(self.sqlite_path)
