@@ -16,7 +16,12 @@
 # twin and direct runs interleaved so that drifting background load hits both alike. Then GET
 # /integrations once more per IOT_MANAGER_HTTP_THREADS value in HTTP_THREADS_LIST, each on a
 # freshly started service. Prints every run, a table of medians, the added latency and each
-# service process's peak RSS (VmHWM).
+# service process's peak RSS (VmHWM), and the CPU each party used during each run (service,
+# simulator, wrk, interrupts, every other process).
+#
+# The service runs with IOT_MANAGER_HUB_RATELIMIT=false (the S1 quota, 100 twin reads/s, would
+# otherwise be what the twin benchmark measures) and otherwise default settings: thread per
+# connection, IOT_MANAGER_HUB_MAX_CONNECTIONS=16, one access-log line per request (to a file).
 #
 # On 2 shared cores wrk, the service and the simulator compete for the CPU: in the saturating
 # runs the twin-minus-direct difference is mostly queueing (closed loop: latency ~ connections /

@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config clang-format
   libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libssl-dev
-  libmongoc-dev libbson-dev libnats-dev libsqlite3-dev libyaml-dev libjwt-dev
+  libmongoc-dev libbson-dev libnats-dev libsqlite3-dev sqlite3 libyaml-dev libjwt-dev
   libcmocka-dev nats-server openssl curl ca-certificates wrk jq
   docker-compose shellcheck busybox
   python3 python3-pytest python3-yaml python3-requests python3-jsonschema python3-pymongo
