@@ -23,6 +23,7 @@ struct net_pool {
     size_t n_idle;
     size_t n_total; /* handles created, idle or checked out */
     size_t max;
+    size_t n_waiting; /* threads in checkout's wait: without any, check-in skips the wake-up */
 };
 
 static void share_lock(CURL *handle, curl_lock_data data, curl_lock_access access, void *userp)
@@ -124,7 +125,10 @@ CURL *net_pool_checkout(struct net_pool *p, long wait_ms)
     bool create = false;
     pthread_mutex_lock(&p->mu);
     while (p->n_idle == 0 && p->n_total >= p->max) {
-        if (pthread_cond_timedwait(&p->cv, &p->mu, &deadline) == ETIMEDOUT)
+        p->n_waiting++;
+        int wrc = pthread_cond_timedwait(&p->cv, &p->mu, &deadline);
+        p->n_waiting--;
+        if (wrc == ETIMEDOUT)
             break;
     }
     if (p->n_idle > 0) {
@@ -139,7 +143,8 @@ CURL *net_pool_checkout(struct net_pool *p, long wait_ms)
         if (!e) {
             pthread_mutex_lock(&p->mu);
             p->n_total--;
-            pthread_cond_signal(&p->cv);
+            if (p->n_waiting)
+                pthread_cond_signal(&p->cv);
             pthread_mutex_unlock(&p->mu);
         }
     }
@@ -155,7 +160,8 @@ void net_pool_checkin(struct net_pool *p, CURL *e)
     curl_easy_reset(e);
     pthread_mutex_lock(&p->mu);
     p->idle[p->n_idle++] = e;
-    pthread_cond_signal(&p->cv);
+    if (p->n_waiting)
+        pthread_cond_signal(&p->cv);
     pthread_mutex_unlock(&p->mu);
 }
 

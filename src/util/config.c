@@ -263,7 +263,7 @@ static const struct setting settings[] = {
      "Connect timeout of each IoT Hub request"},
     {"hub_timeout_ms", INT(hub_timeout_ms), "15000", 100, 600000, false, NULL,
      "Total timeout of each IoT Hub request"},
-    {"hub_max_connections", INT(hub_max_connections), "16", 1, 1024, false, NULL,
+    {"hub_max_connections", INT(hub_max_connections), "64", 1, 1024, false, NULL,
      "IoT Hub requests in flight at once (per process)"},
     {"hub_tier", STR(hub_tier), "S1", 0, 0, false, check_hub_tier,
      "IoT Hub tier whose quotas the rate limiter respects: F1, S1, S2, S3"},
