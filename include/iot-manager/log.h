@@ -22,9 +22,13 @@ enum log_level log_get_level(void);
 void log_write(enum log_level level, const char *request_id, const char *tenant, const char *fmt,
                ...) __attribute__((format(printf, 4, 5)));
 
-/* Writes a pre-built JSON object (borrowed, not modified) as one line, preceded by "time" and
- * "level". Used by the access log. */
-void log_write_json(enum log_level level, const json_t *object);
+/* For records with fields of their own (the access log): a new record with "time" and "level"
+ * set, owned by the caller, or NULL when `level` is filtered out (or memory is short), so that
+ * a filtered record costs nothing to skip. */
+json_t *log_record_new(enum log_level level);
+
+/* Writes `record` as one line and releases it (takes ownership; NULL is ignored). */
+void log_record_emit(json_t *record);
 
 #define log_debug(...) log_write(LOG_LEVEL_DEBUG, NULL, NULL, __VA_ARGS__)
 #define log_info(...)  log_write(LOG_LEVEL_INFO, NULL, NULL, __VA_ARGS__)

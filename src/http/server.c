@@ -396,7 +396,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     *con_cls = NULL;
 
-    json_t *line = json_object();
+    json_t *line = log_record_new(LOG_LEVEL_INFO);
     if (line) {
         json_object_set_new(line, "msg", json_string("request"));
         json_object_set_new(line, "request_id", json_string(req->request_id));
@@ -412,8 +412,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
             json_object_set_new(line, "terminated", json_string("aborted"));
         if (req->log_fields)
             json_object_update(line, req->log_fields);
-        log_write_json(LOG_LEVEL_INFO, line);
-        json_decref(line);
+        log_record_emit(line);
     }
 
     if (srv->opts.metrics) {

@@ -53,22 +53,28 @@ static void format_now(char *out, size_t cap)
     snprintf(out + n, cap - n, ".%03ldZ", ts.tv_nsec / 1000000L);
 }
 
-/* One write(2) per line: records from different threads never interleave. */
-static void emit(json_t *record)
+/* One write(2) per line: records from different threads never interleave. Most records fit
+ * the stack buffer; a larger one is serialised a second time into the heap. */
+static void emit(const json_t *record)
 {
-    char *line = json_dumps(record, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
-    if (!line)
+    enum { LINE_STACK_CAP = 4096 };
+    const size_t flags = JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6);
+    char stack[LINE_STACK_CAP];
+    char *buf = stack;
+    size_t len = json_dumpb(record, stack, sizeof stack - 1, flags);
+    if (len == 0)
         return;
-    size_t len = strlen(line);
-    char *buf = realloc(line, len + 2);
-    if (!buf) {
-        free(line);
-        return;
+    if (len > sizeof stack - 1) {
+        buf = malloc(len + 1);
+        if (!buf || json_dumpb(record, buf, len, flags) != len)
+            goto out;
     }
     buf[len] = '\n';
     ssize_t unused = write(STDERR_FILENO, buf, len + 1);
     (void)unused;
-    free(buf);
+out:
+    if (buf != stack)
+        free(buf);
 }
 
 static json_t *record_new(enum log_level level)
@@ -108,19 +114,17 @@ void log_write(enum log_level level, const char *request_id, const char *tenant,
     json_decref(rec);
 }
 
-void log_write_json(enum log_level level, const json_t *object)
+json_t *log_record_new(enum log_level level)
 {
-    if (level < log_threshold || !object)
+    if (level < log_threshold)
+        return NULL;
+    return record_new(level);
+}
+
+void log_record_emit(json_t *record)
+{
+    if (!record)
         return;
-    json_t *rec = record_new(level);
-    if (!rec)
-        return;
-    const char *key;
-    json_t *value;
-    json_object_foreach((json_t *)object, key, value)
-    {
-        json_object_set(rec, key, value);
-    }
-    emit(rec);
-    json_decref(rec);
+    emit(record);
+    json_decref(record);
 }

@@ -1,5 +1,6 @@
 /* Connections of the SQLite adapter: opening with the adapter's pragmas, a bounded pool of
  * connections, per-connection prepared statements, error mapping and write transactions. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -134,8 +135,19 @@ out:
     return rc;
 }
 
+/* SQLite's allocation statistics take one process-wide mutex on every malloc and free, which
+ * every request thread then queues on; we never read them. Has to run before SQLite
+ * initialises, so before the first open; if another part of the process initialised SQLite
+ * first the call fails harmlessly and the statistics stay on. */
+static void sq_disable_memstatus(void)
+{
+    (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 enum iot_err sq_conn_open(const struct sq_store *st, struct sq_conn **out, struct iot_error *err)
 {
+    static pthread_once_t memstatus_once = PTHREAD_ONCE_INIT;
+    pthread_once(&memstatus_once, sq_disable_memstatus);
     enum iot_err rc = IOT_OK;
     struct sq_conn *c = calloc(1, sizeof *c);
     if (!c)
