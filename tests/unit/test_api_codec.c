@@ -22,6 +22,10 @@
 #define KEY_MASK  "YWFh...<omitted>"
 #define VALID_CS  "HostName=" HUB ";SharedAccessKeyName=iothubowner;SharedAccessKey=" KEY_B64
 #define MALFORMED "malformed request body: "
+/* A body with the provider `p` (JSON text) and valid SAS credentials. */
+#define WITH_PROVIDER(p)                                                                           \
+    "{\"provider\":" p ",\"credentials\":{\"type\":\"sas\",\"connection_string\":\"" VALID_CS "\"" \
+    "}}"
 
 struct fixture {
     struct config cfg;
@@ -115,6 +119,15 @@ static char *iot_hub_body(const char *cs)
     return body;
 }
 
+/* An iot-hub body with valid credentials and the description `desc`, in `body` (`cap` bytes). */
+static void described_body(char *body, size_t cap, const char *desc)
+{
+    snprintf(body, cap,
+             "{\"provider\":\"iot-hub\",\"description\":\"%s\",\"credentials\":{\"type\":\"sas\","
+             "\"connection_string\":\"" VALID_CS "\"}}",
+             desc);
+}
+
 /* ---- body level ---- */
 
 static void test_empty_body_is_eof(void **state)
@@ -201,14 +214,8 @@ static void test_provider_required(void **state)
     struct fixture *f = *state;
     expect_invalid(f, "{\"credentials\":{\"type\":\"sas\",\"connection_string\":\"" VALID_CS "\"}}",
                    MALFORMED "provider: cannot be blank.");
-    expect_invalid(f,
-                   "{\"provider\":\"\",\"credentials\":{\"type\":\"sas\","
-                   "\"connection_string\":\"" VALID_CS "\"}}",
-                   MALFORMED "provider: cannot be blank.");
-    expect_invalid(f,
-                   "{\"provider\":null,\"credentials\":{\"type\":\"sas\","
-                   "\"connection_string\":\"" VALID_CS "\"}}",
-                   MALFORMED "provider: cannot be blank.");
+    expect_invalid(f, WITH_PROVIDER("\"\""), MALFORMED "provider: cannot be blank.");
+    expect_invalid(f, WITH_PROVIDER("null"), MALFORMED "provider: cannot be blank.");
 }
 
 /* Mender validates provider with Required, then By(compatibleCredentials), and only then its own
@@ -216,14 +223,10 @@ static void test_provider_required(void **state)
 static void test_unknown_provider(void **state)
 {
     struct fixture *f = *state;
-    expect_invalid(f,
-                   "{\"provider\":\"azure\",\"credentials\":{\"type\":\"sas\","
-                   "\"connection_string\":\"" VALID_CS "\"}}",
+    expect_invalid(f, WITH_PROVIDER("\"azure\""),
                    MALFORMED "provider: 'azure' incompatible with credential type 'sas'.");
     /* values are case-sensitive */
-    expect_invalid(f,
-                   "{\"provider\":\"IoT-Hub\",\"credentials\":{\"type\":\"sas\","
-                   "\"connection_string\":\"" VALID_CS "\"}}",
+    expect_invalid(f, WITH_PROVIDER("\"IoT-Hub\""),
                    MALFORMED "provider: 'IoT-Hub' incompatible with credential type 'sas'.");
 }
 
@@ -262,9 +265,7 @@ static void test_provider_type_mismatch(void **state)
     expect_invalid(f, "{\"provider\":\"iot-hub\",\"credentials\":{\"type\":\"aws\"}}",
                    MALFORMED "credentials: (aws: cannot be blank.); provider: 'iot-hub' "
                              "incompatible with credential type 'aws'.");
-    expect_invalid(f,
-                   "{\"provider\":\"iot-core\",\"credentials\":{\"type\":\"sas\","
-                   "\"connection_string\":\"" VALID_CS "\"}}",
+    expect_invalid(f, WITH_PROVIDER("\"iot-core\""),
                    MALFORMED "provider: 'iot-core' incompatible with credential type 'sas'.");
     expect_invalid(
         f,
@@ -287,17 +288,11 @@ static void test_description_length(void **state)
 
     memset(desc, 'd', 1025);
     desc[1025] = '\0';
-    snprintf(body, sizeof body,
-             "{\"provider\":\"iot-hub\",\"description\":\"%s\",\"credentials\":{\"type\":\"sas\","
-             "\"connection_string\":\"" VALID_CS "\"}}",
-             desc);
+    described_body(body, sizeof body, desc);
     expect_invalid(f, body, MALFORMED "description: the length must be no more than 1024.");
 
     desc[1024] = '\0';
-    snprintf(body, sizeof body,
-             "{\"provider\":\"iot-hub\",\"description\":\"%s\",\"credentials\":{\"type\":\"sas\","
-             "\"connection_string\":\"" VALID_CS "\"}}",
-             desc);
+    described_body(body, sizeof body, desc);
     assert_int_equal(decode(f, body, &in, &err), IOT_OK);
     assert_int_equal(strlen(in.description), 1024);
     integration_clear(&in);
@@ -310,16 +305,10 @@ static void test_description_length(void **state)
         utf8[n++] = (char)0xA9; /* U+00E9 */
     }
     utf8[n] = '\0';
-    snprintf(body, sizeof body,
-             "{\"provider\":\"iot-hub\",\"description\":\"%s\",\"credentials\":{\"type\":\"sas\","
-             "\"connection_string\":\"" VALID_CS "\"}}",
-             utf8);
+    described_body(body, sizeof body, utf8);
     expect_invalid(f, body, MALFORMED "description: the length must be no more than 1024.");
     utf8[1024] = '\0';
-    snprintf(body, sizeof body,
-             "{\"provider\":\"iot-hub\",\"description\":\"%s\",\"credentials\":{\"type\":\"sas\","
-             "\"connection_string\":\"" VALID_CS "\"}}",
-             utf8);
+    described_body(body, sizeof body, utf8);
     assert_int_equal(decode(f, body, &in, &err), IOT_OK);
     integration_clear(&in);
 }
@@ -481,11 +470,9 @@ static void test_valid_iot_hub(void **state)
     assert_null(in.description);
 
     /* an empty description is no description */
-    assert_int_equal(decode(f,
-                            "{\"provider\":\"iot-hub\",\"description\":\"\",\"credentials\":{"
-                            "\"type\":\"sas\",\"connection_string\":\"" VALID_CS "\"}}",
-                            &in, &err),
-                     IOT_OK);
+    char undescribed[4096];
+    described_body(undescribed, sizeof undescribed, "");
+    assert_int_equal(decode(f, undescribed, &in, &err), IOT_OK);
     assert_null(in.description);
     integration_clear(&in);
 

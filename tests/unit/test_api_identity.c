@@ -24,6 +24,16 @@
     "{\"jti\":\"b3f9\",\"sub\":\"8c3e5b7e-0000-4000-8000-000000000001\",\"exp\":4102444800,"       \
     "\"mender.tenant\":\"5f1a2b3c4d5e6f7a8b9c0d1e\",\"mender.user\":true,\"iss\":\"Mender\"}"
 
+/* Mender's messages: the claims segment is not base64url (the offset follows), is not the JSON
+ * of an Identity (Go's error follows), has no subject. */
+#define BAD_BASE64                                                                                 \
+    "identity: failed to decode base64 JWT claims: illegal base64 data at input byte "
+#define BAD_JSON     "identity: failed to decode JSON JWT claims: "
+#define SUB_REQUIRED "identity: claim \"sub\" is required"
+/* Go's UnmarshalTypeError for claims that are a JSON `kind`, not an object */
+#define NOT_AN_IDENTITY(kind)                                                                      \
+    BAD_JSON "json: cannot unmarshal " kind " into Go value of type identity.Identity"
+
 /* header.base64url(claims).signature, in a static buffer (one token at a time per test) */
 static const char *token_from(const char *claims)
 {
@@ -75,6 +85,30 @@ static void expect_prefix(const char *authorization, const char *cookie, const c
     assert_null(id.claims);
 }
 
+/* Decodes successfully to the subject `subject`. */
+static void expect_subject(const char *authorization, const char *cookie, const char *subject)
+{
+    struct identity id;
+    struct iot_error err = {0};
+    enum iot_err rc = identity_decode(authorization, cookie, &id, &err);
+    if (rc != IOT_OK)
+        fail_msg("auth=%s cookie=%s: rc %d (%s)", authorization ? authorization : "-",
+                 cookie ? cookie : "-", rc, err.msg);
+    assert_string_equal(id.subject, subject);
+    identity_clear(&id);
+}
+
+/* Go's UnmarshalTypeError for the claims' `field` holding a JSON `kind` instead of a `type`. */
+static void expect_field_type_error(const char *claims, const char *kind, const char *field,
+                                    const char *type)
+{
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             BAD_JSON "json: cannot unmarshal %s into Go struct field Identity.%s of type %s", kind,
+             field, type);
+    expect_error(bearer(claims), NULL, msg);
+}
+
 static void test_valid_user_token(void **state)
 {
     (void)state;
@@ -106,25 +140,16 @@ static void test_missing_header_and_cookie(void **state)
 static void test_cookie_only_when_header_absent(void **state)
 {
     (void)state;
-    struct identity id;
-    struct iot_error err = {0};
     char cookie_tok[2048];
     snprintf(cookie_tok, sizeof cookie_tok, "%s",
              token_from("{\"sub\":\"from-cookie\",\"mender.user\":true}"));
 
     /* no header: the cookie is used */
-    assert_int_equal(identity_decode(NULL, cookie_tok, &id, &err), IOT_OK);
-    assert_string_equal(id.subject, "from-cookie");
-    identity_clear(&id);
-    assert_int_equal(identity_decode("", cookie_tok, &id, &err), IOT_OK);
-    assert_string_equal(id.subject, "from-cookie");
-    identity_clear(&id);
+    expect_subject(NULL, cookie_tok, "from-cookie");
+    expect_subject("", cookie_tok, "from-cookie");
 
     /* a header wins over the cookie */
-    assert_int_equal(identity_decode(bearer("{\"sub\":\"from-header\"}"), cookie_tok, &id, &err),
-                     IOT_OK);
-    assert_string_equal(id.subject, "from-header");
-    identity_clear(&id);
+    expect_subject(bearer("{\"sub\":\"from-header\"}"), cookie_tok, "from-header");
 
     /* a bad header is not rescued by a good cookie */
     expect_error("Bearer", cookie_tok, "malformed Authorization header");
@@ -160,11 +185,7 @@ static void test_scheme(void **state)
     for (size_t i = 0; i < 3; i++) {
         char hdr[2100];
         snprintf(hdr, sizeof hdr, "%s %s", schemes[i], token_from("{\"sub\":\"s\"}"));
-        struct identity id;
-        struct iot_error err = {0};
-        assert_int_equal(identity_decode(hdr, NULL, &id, &err), IOT_OK);
-        assert_string_equal(id.subject, "s");
-        identity_clear(&id);
+        expect_subject(hdr, NULL, "s");
     }
 }
 
@@ -185,23 +206,13 @@ static void test_bad_base64(void **state)
 {
     (void)state;
     /* illegal character: its offset */
-    expect_error("Bearer h.eyJ*dWIiOiJ4In0.s", NULL,
-                 "identity: failed to decode base64 JWT claims: illegal base64 data at input "
-                 "byte 3");
+    expect_error("Bearer h.eyJ*dWIiOiJ4In0.s", NULL, BAD_BASE64 "3");
     /* the standard alphabet's '+' and '/' are not base64url */
-    expect_error("Bearer h.eyJzdWIi+iJ4In0.s", NULL,
-                 "identity: failed to decode base64 JWT claims: illegal base64 data at input "
-                 "byte 8");
-    expect_error("Bearer h./yJzdWIiOiJ4In0.s", NULL,
-                 "identity: failed to decode base64 JWT claims: illegal base64 data at input "
-                 "byte 0");
+    expect_error("Bearer h.eyJzdWIi+iJ4In0.s", NULL, BAD_BASE64 "8");
+    expect_error("Bearer h./yJzdWIiOiJ4In0.s", NULL, BAD_BASE64 "0");
     /* a lone final character (length % 4 == 1) */
-    expect_error("Bearer h.eyJzd.s", NULL,
-                 "identity: failed to decode base64 JWT claims: illegal base64 data at input "
-                 "byte 4");
-    expect_error("Bearer h.e.s", NULL,
-                 "identity: failed to decode base64 JWT claims: illegal base64 data at input "
-                 "byte 0");
+    expect_error("Bearer h.eyJzd.s", NULL, BAD_BASE64 "4");
+    expect_error("Bearer h.e.s", NULL, BAD_BASE64 "0");
 }
 
 /* RawURLEncoding has no padding: a '=' is an illegal character, even at the end. */
@@ -209,94 +220,58 @@ static void test_padding_rejected(void **state)
 {
     (void)state;
     /* base64url of {"sub":"x"} is eyJzdWIiOiJ4In0 (15 characters); padded, the '=' is byte 15 */
-    expect_error("Bearer h.eyJzdWIiOiJ4In0=.s", NULL,
-                 "identity: failed to decode base64 JWT claims: illegal base64 data at input "
-                 "byte 15");
-    expect_error("Bearer h.eyJzdWIiOiJ4In0==.s", NULL,
-                 "identity: failed to decode base64 JWT claims: illegal base64 data at input "
-                 "byte 15");
-    expect_error("Bearer h.eyJz=dWIiOiJ4In0.s", NULL,
-                 "identity: failed to decode base64 JWT claims: illegal base64 data at input "
-                 "byte 4");
+    expect_error("Bearer h.eyJzdWIiOiJ4In0=.s", NULL, BAD_BASE64 "15");
+    expect_error("Bearer h.eyJzdWIiOiJ4In0==.s", NULL, BAD_BASE64 "15");
+    expect_error("Bearer h.eyJz=dWIiOiJ4In0.s", NULL, BAD_BASE64 "4");
 
     /* without the padding it decodes; non-zero trailing bits are accepted as Go's non-strict
      * decoder does ('1' instead of '0') */
-    struct identity id;
-    struct iot_error err = {0};
-    assert_int_equal(identity_decode("Bearer h.eyJzdWIiOiJ4In0.s", NULL, &id, &err), IOT_OK);
-    assert_string_equal(id.subject, "x");
-    identity_clear(&id);
-    assert_int_equal(identity_decode("Bearer h.eyJzdWIiOiJ4In1.s", NULL, &id, &err), IOT_OK);
-    assert_string_equal(id.subject, "x");
-    identity_clear(&id);
+    expect_subject("Bearer h.eyJzdWIiOiJ4In0.s", NULL, "x");
+    expect_subject("Bearer h.eyJzdWIiOiJ4In1.s", NULL, "x");
 }
 
 static void test_bad_json(void **state)
 {
     (void)state;
-    expect_prefix(bearer("not json"), NULL, "identity: failed to decode JSON JWT claims: ");
-    expect_prefix(bearer("{\"sub\":\"x\""), NULL, "identity: failed to decode JSON JWT claims: ");
-    expect_prefix(bearer("{\"sub\":\"x\"} trailing"), NULL,
-                  "identity: failed to decode JSON JWT claims: ");
-    expect_prefix("Bearer h..s", NULL, "identity: failed to decode JSON JWT claims: ");
+    expect_prefix(bearer("not json"), NULL, BAD_JSON);
+    expect_prefix(bearer("{\"sub\":\"x\""), NULL, BAD_JSON);
+    expect_prefix(bearer("{\"sub\":\"x\"} trailing"), NULL, BAD_JSON);
+    expect_prefix("Bearer h..s", NULL, BAD_JSON);
 
-    /* valid JSON that is not an object: Go's UnmarshalTypeError */
-    expect_error(bearer("[{\"sub\":\"x\"}]"), NULL,
-                 "identity: failed to decode JSON JWT claims: json: cannot unmarshal array into Go "
-                 "value of type identity.Identity");
-    expect_error(bearer("\"sub\""), NULL,
-                 "identity: failed to decode JSON JWT claims: json: cannot unmarshal string into "
-                 "Go value of type identity.Identity");
-    expect_error(bearer("42"), NULL,
-                 "identity: failed to decode JSON JWT claims: json: cannot unmarshal number into "
-                 "Go value of type identity.Identity");
-    expect_error(bearer("true"), NULL,
-                 "identity: failed to decode JSON JWT claims: json: cannot unmarshal bool into Go "
-                 "value of type identity.Identity");
+    /* valid JSON that is not an object */
+    expect_error(bearer("[{\"sub\":\"x\"}]"), NULL, NOT_AN_IDENTITY("array"));
+    expect_error(bearer("\"sub\""), NULL, NOT_AN_IDENTITY("string"));
+    expect_error(bearer("42"), NULL, NOT_AN_IDENTITY("number"));
+    expect_error(bearer("true"), NULL, NOT_AN_IDENTITY("bool"));
     /* null leaves Go's struct empty: no subject */
-    expect_error(bearer("null"), NULL, "identity: claim \"sub\" is required");
+    expect_error(bearer("null"), NULL, SUB_REQUIRED);
 }
 
 static void test_sub_required(void **state)
 {
     (void)state;
-    expect_error(bearer("{}"), NULL, "identity: claim \"sub\" is required");
-    expect_error(bearer("{\"sub\":\"\"}"), NULL, "identity: claim \"sub\" is required");
-    expect_error(bearer("{\"sub\":null,\"mender.user\":true}"), NULL,
-                 "identity: claim \"sub\" is required");
-    expect_error(bearer("{\"mender.tenant\":\"t\",\"mender.user\":true}"), NULL,
-                 "identity: claim \"sub\" is required");
+    expect_error(bearer("{}"), NULL, SUB_REQUIRED);
+    expect_error(bearer("{\"sub\":\"\"}"), NULL, SUB_REQUIRED);
+    expect_error(bearer("{\"sub\":null,\"mender.user\":true}"), NULL, SUB_REQUIRED);
+    expect_error(bearer("{\"mender.tenant\":\"t\",\"mender.user\":true}"), NULL, SUB_REQUIRED);
 }
 
 static void test_claim_types(void **state)
 {
     (void)state;
-    expect_error(bearer("{\"sub\":5}"), NULL,
-                 "identity: failed to decode JSON JWT claims: json: cannot unmarshal number into "
-                 "Go struct field Identity.sub of type string");
-    expect_error(bearer("{\"sub\":\"s\",\"mender.tenant\":[\"t\"]}"), NULL,
-                 "identity: failed to decode JSON JWT claims: json: cannot unmarshal array into "
-                 "Go struct field Identity.mender.tenant of type string");
-    expect_error(bearer("{\"sub\":\"s\",\"mender.user\":\"true\"}"), NULL,
-                 "identity: failed to decode JSON JWT claims: json: cannot unmarshal string into "
-                 "Go struct field Identity.mender.user of type bool");
-    expect_error(bearer("{\"sub\":\"s\",\"mender.user\":1}"), NULL,
-                 "identity: failed to decode JSON JWT claims: json: cannot unmarshal number into "
-                 "Go struct field Identity.mender.user of type bool");
-    expect_error(bearer("{\"sub\":\"s\",\"mender.device\":{}}"), NULL,
-                 "identity: failed to decode JSON JWT claims: json: cannot unmarshal object into "
-                 "Go struct field Identity.mender.device of type bool");
+    expect_field_type_error("{\"sub\":5}", "number", "sub", "string");
+    expect_field_type_error("{\"sub\":\"s\",\"mender.tenant\":[\"t\"]}", "array", "mender.tenant",
+                            "string");
+    expect_field_type_error("{\"sub\":\"s\",\"mender.user\":\"true\"}", "string", "mender.user",
+                            "bool");
+    expect_field_type_error("{\"sub\":\"s\",\"mender.user\":1}", "number", "mender.user", "bool");
+    expect_field_type_error("{\"sub\":\"s\",\"mender.device\":{}}", "object", "mender.device",
+                            "bool");
     /* Go reports the first mismatch in document order */
-    expect_error(bearer("{\"mender.user\":\"yes\",\"sub\":7}"), NULL,
-                 "identity: failed to decode JSON JWT claims: json: cannot unmarshal string into "
-                 "Go struct field Identity.mender.user of type bool");
-    expect_error(bearer("{\"sub\":7,\"mender.user\":\"yes\"}"), NULL,
-                 "identity: failed to decode JSON JWT claims: json: cannot unmarshal number into "
-                 "Go struct field Identity.sub of type string");
+    expect_field_type_error("{\"mender.user\":\"yes\",\"sub\":7}", "string", "mender.user", "bool");
+    expect_field_type_error("{\"sub\":7,\"mender.user\":\"yes\"}", "number", "sub", "string");
     /* a type error wins over a missing subject, as Unmarshal fails before Validate */
-    expect_error(bearer("{\"mender.device\":\"x\"}"), NULL,
-                 "identity: failed to decode JSON JWT claims: json: cannot unmarshal string into "
-                 "Go struct field Identity.mender.device of type bool");
+    expect_field_type_error("{\"mender.device\":\"x\"}", "string", "mender.device", "bool");
 }
 
 static void test_tenant_and_flags(void **state)

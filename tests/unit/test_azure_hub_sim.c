@@ -28,7 +28,7 @@
 
 #include "azure/hub_internal.h"
 #include "iot-manager/hub.h"
-#include "support/http.h"
+#include "support/sim.h"
 #include "support/spawn.h"
 
 #define KEY_A "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
@@ -36,13 +36,10 @@
 #define KEY_C "q83vEjRWeJq8/+7/AAECAwQFBgcICQoLDA0ODxAREhM="
 
 struct fixture {
-    pid_t pid;
-    char dir[64];
-    char ca[128], cert[128], key[128], portfile[128], log[128];
-    unsigned port;
+    struct support_sim sim; /* its control API is https://host, trusting ca */
+    char ca[128], cert[128], key[128];
     char host[64]; /* localhost:PORT */
     struct connstr owner, reader, wrong_key, device_cs;
-    CURL *ctl; /* control API client */
 };
 
 /* ---- process plumbing ---- */
@@ -70,20 +67,15 @@ static const char *sim_binary(char *buf, size_t cap)
 #endif
 }
 
-static const char *source_dir(void)
-{
-#ifdef IOTM_SOURCE_DIR
-    return support_env_or("IOTM_SOURCE_DIR", IOTM_SOURCE_DIR);
-#else
-    return support_env_or("IOTM_SOURCE_DIR", NULL);
+#ifndef IOTM_SOURCE_DIR
+#define IOTM_SOURCE_DIR NULL /* from the environment only */
 #endif
-}
 
 static unsigned start_sim(struct fixture *f)
 {
     char exe[4096];
     const char *sim = sim_binary(exe, sizeof exe);
-    const char *src = source_dir();
+    const char *src = support_env_or("IOTM_SOURCE_DIR", IOTM_SOURCE_DIR);
     if (!sim || access(sim, X_OK) != 0) {
         print_error("iothub-sim not found (%s): build the iothub-sim target\n", sim ? sim : "?");
         return 0;
@@ -95,15 +87,15 @@ static unsigned start_sim(struct fixture *f)
     char script[4096];
     snprintf(script, sizeof script, "%s/scripts/gen-test-certs.sh", src);
     char bash[] = "/bin/bash";
-    char *gen[] = {bash, script, f->dir, NULL};
-    if (support_run(gen, f->log) != 0) {
+    char *gen[] = {bash, script, f->sim.dir, NULL};
+    if (support_run(gen, f->sim.log) != 0) {
         print_error("gen-test-certs.sh failed\n");
-        support_dump_log(f->log);
+        support_dump_log(f->sim.log);
         return 0;
     }
     char listen[] = "--listen=127.0.0.1:0";
     char pf[160], cert[160], key[160];
-    snprintf(pf, sizeof pf, "--port-file=%s", f->portfile);
+    snprintf(pf, sizeof pf, "--port-file=%s", f->sim.portfile);
     snprintf(cert, sizeof cert, "--cert=%s", f->cert);
     snprintf(key, sizeof key, "--key=%s", f->key);
     char owner[] =
@@ -112,10 +104,7 @@ static unsigned start_sim(struct fixture *f)
     char threads[] = "--threads=8";
     char quiet[] = "--quiet";
     char *argv[] = {(char *)sim, listen, pf, cert, key, owner, reader, threads, quiet, NULL};
-    f->pid = support_spawn(argv, f->log, false);
-    if (!f->pid)
-        return 0;
-    return support_wait_port_file(&f->pid, "iothub-sim", f->portfile, f->log, 15000);
+    return support_sim_start(&f->sim, argv, false, "iothub-sim");
 }
 
 static void parse_cs(const char *text, struct connstr *cs)
@@ -126,26 +115,20 @@ static void parse_cs(const char *text, struct connstr *cs)
 
 static int group_setup(void **state)
 {
-    signal(SIGPIPE, SIG_IGN);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
     struct fixture *f = calloc(1, sizeof *f);
     if (!f)
         return -1;
-    snprintf(f->dir, sizeof f->dir, "/tmp/iotm-hubsim-XXXXXX");
-    if (!mkdtemp(f->dir)) {
-        free(f);
-        return -1;
-    }
-    snprintf(f->ca, sizeof f->ca, "%s/ca.pem", f->dir);
-    snprintf(f->cert, sizeof f->cert, "%s/server.pem", f->dir);
-    snprintf(f->key, sizeof f->key, "%s/server.key", f->dir);
-    snprintf(f->portfile, sizeof f->portfile, "%s/port", f->dir);
-    snprintf(f->log, sizeof f->log, "%s/sim.log", f->dir);
     *state = f;
-    f->port = start_sim(f);
-    if (!f->port)
+    if (!support_sim_init(&f->sim, "/tmp/iotm-hubsim-XXXXXX"))
         return -1;
-    snprintf(f->host, sizeof f->host, "localhost:%u", f->port);
+    snprintf(f->ca, sizeof f->ca, "%s/ca.pem", f->sim.dir);
+    snprintf(f->cert, sizeof f->cert, "%s/server.pem", f->sim.dir);
+    snprintf(f->key, sizeof f->key, "%s/server.key", f->sim.dir);
+    if (!start_sim(f))
+        return -1;
+    snprintf(f->host, sizeof f->host, "localhost:%u", f->sim.port);
+    snprintf(f->sim.base, sizeof f->sim.base, "https://%s", f->host);
+    f->sim.ca_file = f->ca;
     char text[512];
     snprintf(text, sizeof text,
              "HostName=%s;SharedAccessKeyName=iothubowner;SharedAccessKey=" KEY_A, f->host);
@@ -158,21 +141,7 @@ static int group_setup(void **state)
     parse_cs(text, &f->wrong_key);
     snprintf(text, sizeof text, "HostName=%s;DeviceId=d1;SharedAccessKey=" KEY_A, f->host);
     parse_cs(text, &f->device_cs);
-    f->ctl = curl_easy_init();
-    return f->ctl ? 0 : -1;
-}
-
-static void rm_dir(const char *dir)
-{
-    /* what gen-test-certs.sh and the fixture create */
-    const char *names[] = {"ca.pem", "ca.key", "server.pem", "server.key", "port", "sim.log"};
-    char p[256];
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        snprintf(p, sizeof p, "%s/%s", dir, names[i]);
-        unlink(p);
-    }
-    if (rmdir(dir) != 0)
-        print_error("could not remove %s: %s\n", dir, strerror(errno));
+    return 0;
 }
 
 static int group_teardown(void **state)
@@ -180,40 +149,22 @@ static int group_teardown(void **state)
     struct fixture *f = *state;
     if (!f)
         return 0;
-    support_stop(&f->pid);
-    if (f->ctl)
-        curl_easy_cleanup(f->ctl);
     connstr_clear(&f->owner);
     connstr_clear(&f->reader);
     connstr_clear(&f->wrong_key);
     connstr_clear(&f->device_cs);
-    rm_dir(f->dir);
+    /* what gen-test-certs.sh creates */
+    static const char *const certs[] = {"ca.pem", "ca.key", "server.pem", "server.key", NULL};
+    support_sim_cleanup(&f->sim, certs);
     free(f);
-    curl_global_cleanup();
     return 0;
 }
 
 /* ---- control API ---- */
 
-/* Calls the simulator's control API; returns the status and (if `out`) the JSON answer. */
-static long ctl(struct fixture *f, const char *method, const char *path, const char *body,
-                json_t **out)
-{
-    char url[1100]; /* host (64) + any path we build */
-    snprintf(url, sizeof url, "https://%s%s", f->host, path);
-    return support_http_json(f->ctl, method, url, f->ca, body, out);
-}
-
-static void ctl_ok(struct fixture *f, const char *method, const char *path, const char *body)
-{
-    long st = ctl(f, method, path, body, NULL);
-    if (st < 200 || st > 299)
-        fail_msg("control %s %s -> %ld", method, path, st);
-}
-
 static void fault(struct fixture *f, const char *body)
 {
-    ctl_ok(f, "POST", "/_sim/faults", body);
+    support_sim_call_ok(&f->sim, "POST", "/_sim/faults", body);
 }
 
 /* The simulator's view of one device (new reference) or NULL when it has none. */
@@ -222,25 +173,7 @@ static json_t *sim_device(struct fixture *f, const char *id)
     char esc[HUB_DEVICE_ID_MAX * 3 + 1], path[512];
     assert_true(hub_path_escape(id, esc, sizeof esc) >= 0);
     snprintf(path, sizeof path, "/_sim/devices/%s", esc);
-    json_t *j = NULL;
-    long st = ctl(f, "GET", path, NULL, &j);
-    if (st == 404) {
-        json_decref(j);
-        return NULL;
-    }
-    assert_int_equal(st, 200);
-    return j;
-}
-
-/* Service requests the simulator logged since its last reset (new reference: an array). */
-static json_t *sim_requests(struct fixture *f)
-{
-    json_t *j = NULL;
-    assert_int_equal(ctl(f, "GET", "/_sim/requests", NULL, &j), 200);
-    json_t *arr = json_incref(json_object_get(j, "requests"));
-    json_decref(j);
-    assert_true(json_is_array(arr));
-    return arr;
+    return support_sim_get_optional(&f->sim, path);
 }
 
 static size_t count_requests(json_t *reqs, const char *method, const char *path_prefix, long status)
@@ -267,8 +200,8 @@ static size_t count_requests(json_t *reqs, const char *method, const char *path_
 static int test_setup(void **state)
 {
     struct fixture *f = *state;
-    ctl_ok(f, "POST", "/_sim/config", "{\"throttle\":false,\"latency_ms\":0}");
-    ctl_ok(f, "POST", "/_sim/reset", "{}");
+    support_sim_call_ok(&f->sim, "POST", "/_sim/config", "{\"throttle\":false,\"latency_ms\":0}");
+    support_sim_call_ok(&f->sim, "POST", "/_sim/reset", "{}");
     return 0;
 }
 
@@ -364,14 +297,14 @@ static void test_device_lifecycle(void **state)
     hub_device_clear(&d2);
 
     /* already in that state: read only, no write */
-    json_t *before = sim_requests(f);
+    json_t *before = support_sim_requests(&f->sim);
     size_t puts = count_requests(before, "PUT", NULL, -1);
     json_decref(before);
     assert_int_equal(
         hub_device_set_status(c, &f->owner, "dev-1", HUB_STATUS_DISABLED, NULL, NULL, &changed, &e),
         IOT_OK);
     assert_false(changed);
-    json_t *after = sim_requests(f);
+    json_t *after = support_sim_requests(&f->sim);
     assert_int_equal(count_requests(after, "PUT", NULL, -1), puts);
     json_decref(after);
 
@@ -394,7 +327,7 @@ static void test_device_lifecycle(void **state)
     assert_null(d2.raw);
 
     /* every request: our policy, the API version, the If-Match rules */
-    json_t *reqs = sim_requests(f);
+    json_t *reqs = support_sim_requests(&f->sim);
     size_t i;
     json_t *r;
     size_t n = 0;
@@ -459,7 +392,7 @@ static void test_device_ids_and_keys(void **state)
     assert_null(sim_device(f, odd));
 
     /* invalid ids and connection strings never reach the hub */
-    json_t *before = sim_requests(f);
+    json_t *before = support_sim_requests(&f->sim);
     size_t n0 = json_array_size(before);
     json_decref(before);
     const char *bad[] = {"a b", "a/b", "", "a]b"};
@@ -470,7 +403,7 @@ static void test_device_ids_and_keys(void **state)
     spec.device_id = "ok";
     assert_int_equal(hub_device_create(c, &f->device_cs, &spec, NULL, &e), IOT_ERR_INVALID);
     assert_non_null(strstr(e.msg, "SharedAccessKeyName"));
-    json_t *after = sim_requests(f);
+    json_t *after = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(after), n0); /* control calls are not logged */
     json_decref(after);
     hub_client_free(c);
@@ -590,7 +523,7 @@ static void test_set_status_412_retry(void **state)
     assert_string_equal(d.status_reason, "other writer"); /* re-read kept the other change */
     assert_int_equal(strlen(d.primary_key), 44);
     hub_device_clear(&d);
-    json_t *reqs = sim_requests(f);
+    json_t *reqs = support_sim_requests(&f->sim);
     assert_int_equal(count_requests(reqs, "PUT", "/devices/race", 412), 1);
     assert_int_equal(count_requests(reqs, "PUT", "/devices/race", 200), 3); /* create, 2 writes */
     json_decref(reqs);
@@ -602,7 +535,7 @@ static void test_set_status_412_retry(void **state)
         IOT_ERR_CONFLICT);
     assert_int_equal(e.cls, HUB_ERR_PRECONDITION_FAILED);
     assert_false(changed);
-    reqs = sim_requests(f);
+    reqs = support_sim_requests(&f->sim);
     assert_int_equal(count_requests(reqs, "PUT", "/devices/race", 412), 1 + 3);
     json_decref(reqs);
     hub_client_free(c);
@@ -702,7 +635,7 @@ static void test_query_paging(void **state)
     } while (cont);
     assert_int_equal(total, 7);
     assert_int_equal(pages, 3);
-    json_t *reqs = sim_requests(f);
+    json_t *reqs = support_sim_requests(&f->sim);
     assert_int_equal(count_requests(reqs, "POST", "/devices/query", 200), 3);
     json_decref(reqs);
 
@@ -711,7 +644,7 @@ static void test_query_paging(void **state)
     struct hub_twin_page page;
     assert_int_equal(hub_devices_query(c, &f->owner, hostile, 2, NULL, &page, &e), IOT_ERR_INVALID);
     assert_int_equal(page.len, 0);
-    reqs = sim_requests(f);
+    reqs = support_sim_requests(&f->sim);
     assert_int_equal(count_requests(reqs, "POST", "/devices/query", -1), 3);
     json_decref(reqs);
     hub_client_free(c);
@@ -786,7 +719,7 @@ static void test_errors_throttled(void **state)
     o.ratelimit.registry_per_min = 60; /* one per second, a bucket of one */
     o.ratelimit.max_wait_ms = 100;
     struct hub_client *paced = client_with(&o);
-    json_t *before = sim_requests(f);
+    json_t *before = support_sim_requests(&f->sim);
     size_t n0 = json_array_size(before);
     json_decref(before);
     assert_int_equal(hub_device_get(paced, &f->owner, "t1", &d, &e), IOT_OK);
@@ -795,7 +728,7 @@ static void test_errors_throttled(void **state)
     assert_int_equal(e.cls, HUB_ERR_THROTTLED);
     assert_int_equal(e.http_status, 0);
     assert_true(e.retry_after_ms > 0 && e.retry_after_ms <= 1000); /* less what the call took */
-    json_t *after = sim_requests(f);
+    json_t *after = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(after), n0 + 1);
     json_decref(after);
     hub_client_stats(paced, &st);
@@ -842,7 +775,7 @@ static void test_errors_transient(void **state)
     struct hub_device_spec spec = {.device_id = "x2"};
     assert_int_equal(hub_device_create(retrying, &f->owner, &spec, NULL, &e), IOT_ERR_UNAVAILABLE);
     assert_int_equal(e.attempts, 1);
-    json_t *reqs = sim_requests(f);
+    json_t *reqs = support_sim_requests(&f->sim);
     assert_int_equal(count_requests(reqs, "PUT", "/devices/x2", -1), 1);
     json_decref(reqs);
 
@@ -981,7 +914,7 @@ static void test_ssrf_guard(void **state)
     struct hub_client *c = client_with(&o);
     struct hub_error e;
     struct hub_device d;
-    json_t *before = sim_requests(f);
+    json_t *before = support_sim_requests(&f->sim);
     size_t n0 = json_array_size(before);
     json_decref(before);
 
@@ -994,14 +927,14 @@ static void test_ssrf_guard(void **state)
     struct connstr ip = {0};
     snprintf(text, sizeof text,
              "HostName=127.0.0.1:%u;SharedAccessKeyName=iothubowner;SharedAccessKey=" KEY_A,
-             f->port);
+             f->sim.port);
     parse_cs(text, &ip);
     assert_int_equal(hub_device_get(c, &ip, "x", &d, &e), IOT_ERR_FORBIDDEN);
     assert_int_equal(e.cls, HUB_ERR_BLOCKED);
     assert_non_null(strstr(e.msg, "127.0.0.1"));
     connstr_clear(&ip);
 
-    json_t *after = sim_requests(f);
+    json_t *after = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(after), n0); /* nothing arrived */
     json_decref(after);
     hub_client_free(c);
@@ -1047,7 +980,7 @@ static void *redirector_run(void *arg)
 static void test_redirect_not_followed(void **state)
 {
     struct fixture *f = *state;
-    struct redirector r = {.sim_port = f->port};
+    struct redirector r = {.sim_port = f->sim.port};
     r.fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(r.fd >= 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -1069,7 +1002,7 @@ static void test_redirect_not_followed(void **state)
              "HostName=127.0.0.1:%u;SharedAccessKeyName=iothubowner;SharedAccessKey=" KEY_A,
              r.port);
     parse_cs(text, &cs);
-    json_t *before = sim_requests(f);
+    json_t *before = support_sim_requests(&f->sim);
     size_t n0 = json_array_size(before);
     json_decref(before);
     struct hub_error e;
@@ -1080,7 +1013,7 @@ static void test_redirect_not_followed(void **state)
     pthread_join(th, NULL);
     close(r.fd);
     assert_int_equal(r.served, 1);
-    json_t *after = sim_requests(f);
+    json_t *after = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(after), n0); /* the simulator saw nothing */
     json_decref(after);
     connstr_clear(&cs);
@@ -1203,7 +1136,8 @@ static void test_throttle_shared_quota(void **state)
 
     /* 8 threads: pacing, not call latency, must bound the rate even on a loaded machine */
     enum { QUOTA = 25, WINDOW_MS = 3000, THREADS = 8 };
-    ctl_ok(f, "POST", "/_sim/config", "{\"throttle\":true,\"quotas\":{\"twin_reads_per_s\":25}}");
+    support_sim_call_ok(&f->sim, "POST", "/_sim/config",
+                        "{\"throttle\":true,\"quotas\":{\"twin_reads_per_s\":25}}");
     struct hub_options o;
     test_options(f, &o);
     o.ratelimit.disabled = false;
@@ -1229,10 +1163,10 @@ static void test_throttle_shared_quota(void **state)
         other += l[i].other;
     }
     json_t *stats = NULL;
-    assert_int_equal(ctl(f, "GET", "/_sim/stats", NULL, &stats), 200);
+    assert_int_equal(support_sim_call(&f->sim, "GET", "/_sim/stats", NULL, &stats), 200);
     json_int_t sim_throttled = json_integer_value(json_object_get(stats, "throttled"));
     json_decref(stats);
-    ctl_ok(f, "POST", "/_sim/config", "{\"throttle\":false}");
+    support_sim_call_ok(&f->sim, "POST", "/_sim/config", "{\"throttle\":false}");
     struct hub_client_stats cs;
     hub_client_stats(c, &cs);
     hub_client_free(c);

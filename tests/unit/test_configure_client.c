@@ -28,7 +28,7 @@
 #include <jansson.h>
 
 #include "iot-manager/configure.h"
-#include "support/http.h"
+#include "support/sim.h"
 #include "support/spawn.h"
 
 #define TENANT  "5f0c1c3e0b0a1c2d3e4f5a6b"
@@ -36,62 +36,40 @@
 #define CS(dev) "HostName=hub.azure-devices.net;DeviceId=" dev ";SharedAccessKey=" KEY
 
 struct fixture {
-    pid_t pid;
-    char dir[64];
-    char portfile[128], log[128];
-    unsigned port;
-    char base[64]; /* http://127.0.0.1:PORT */
-    CURL *ctl;
+    struct support_sim sim; /* its base, http://127.0.0.1:PORT, serves the services too */
 };
 
 /* ---- process plumbing ---- */
 
-static const char *sim_script(void)
-{
-#ifdef MENDER_SIM_PATH
-    return support_env_or("MENDER_SIM", MENDER_SIM_PATH);
-#else
-    return support_env_or("MENDER_SIM", NULL);
+#ifndef MENDER_SIM_PATH
+#define MENDER_SIM_PATH NULL /* from the environment only */
 #endif
-}
 
 static unsigned start_sim(struct fixture *f)
 {
-    const char *script = sim_script();
+    const char *script = support_env_or("MENDER_SIM", MENDER_SIM_PATH);
     if (!script || access(script, R_OK) != 0) {
         print_error("mender_sim.py not found (%s): set MENDER_SIM\n", script ? script : "?");
         return 0;
     }
     const char *py = support_env_or("PYTHON3", "python3");
     char pf[160];
-    snprintf(pf, sizeof pf, "--port-file=%s", f->portfile);
+    snprintf(pf, sizeof pf, "--port-file=%s", f->sim.portfile);
     char quiet[] = "--quiet";
     char *argv[] = {(char *)py, (char *)script, pf, quiet, NULL};
-    f->pid = support_spawn(argv, f->log, true);
-    if (!f->pid)
-        return 0;
-    return support_wait_port_file(&f->pid, "mender_sim.py", f->portfile, f->log, 15000);
+    return support_sim_start(&f->sim, argv, true, "mender_sim.py");
 }
 
 static int group_setup(void **state)
 {
-    signal(SIGPIPE, SIG_IGN);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
     struct fixture *f = calloc(1, sizeof *f);
     if (!f)
         return -1;
     *state = f;
-    snprintf(f->dir, sizeof f->dir, "/tmp/iotm-mendersim-XXXXXX");
-    if (!mkdtemp(f->dir))
+    if (!support_sim_init(&f->sim, "/tmp/iotm-mendersim-XXXXXX") || !start_sim(f))
         return -1;
-    snprintf(f->portfile, sizeof f->portfile, "%s/port", f->dir);
-    snprintf(f->log, sizeof f->log, "%s/sim.log", f->dir);
-    f->port = start_sim(f);
-    if (!f->port)
-        return -1;
-    snprintf(f->base, sizeof f->base, "http://127.0.0.1:%u", f->port);
-    f->ctl = curl_easy_init();
-    return f->ctl ? 0 : -1;
+    snprintf(f->sim.base, sizeof f->sim.base, "http://127.0.0.1:%u", f->sim.port);
+    return 0;
 }
 
 static int group_teardown(void **state)
@@ -99,36 +77,12 @@ static int group_teardown(void **state)
     struct fixture *f = *state;
     if (!f)
         return 0;
-    support_stop(&f->pid);
-    if (f->ctl)
-        curl_easy_cleanup(f->ctl);
-    unlink(f->portfile);
-    unlink(f->log);
-    if (f->dir[0] && rmdir(f->dir) != 0)
-        print_error("could not remove %s: %s\n", f->dir, strerror(errno));
+    support_sim_cleanup(&f->sim, NULL);
     free(f);
-    curl_global_cleanup();
     return 0;
 }
 
 /* ---- control API ---- */
-
-/* Calls any path of the simulator (control API or service) with a JSON body; returns the status
- * and (if `out`) the parsed answer. */
-static long ctl(struct fixture *f, const char *method, const char *path, const char *body,
-                json_t **out)
-{
-    char url[1024];
-    snprintf(url, sizeof url, "%s%s", f->base, path);
-    return support_http_json(f->ctl, method, url, NULL, body, out);
-}
-
-static void ctl_ok(struct fixture *f, const char *method, const char *path, const char *body)
-{
-    long st = ctl(f, method, path, body, NULL);
-    if (st < 200 || st > 299)
-        fail_msg("control %s %s -> %ld", method, path, st);
-}
 
 static void fault(struct fixture *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void fault(struct fixture *f, const char *fmt, ...)
@@ -138,18 +92,7 @@ static void fault(struct fixture *f, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(body, sizeof body, fmt, ap);
     va_end(ap);
-    ctl_ok(f, "POST", "/_sim/faults", body);
-}
-
-/* Service requests logged since the last reset (new reference: an array). */
-static json_t *sim_requests(struct fixture *f)
-{
-    json_t *j = NULL;
-    assert_int_equal(ctl(f, "GET", "/_sim/requests", NULL, &j), 200);
-    json_t *arr = json_incref(json_object_get(j, "requests"));
-    json_decref(j);
-    assert_true(json_is_array(arr));
-    return arr;
+    support_sim_call_ok(&f->sim, "POST", "/_sim/faults", body);
 }
 
 static const char *req_str(json_t *reqs, size_t i, const char *field)
@@ -168,14 +111,7 @@ static json_t *sim_config(struct fixture *f, const char *tenant_seg, const char 
 {
     char path[512];
     snprintf(path, sizeof path, "/_sim/configurations/%s/%s", tenant_seg, device_seg);
-    json_t *j = NULL;
-    long st = ctl(f, "GET", path, NULL, &j);
-    if (st == 404) {
-        json_decref(j);
-        return NULL;
-    }
-    assert_int_equal(st, 200);
-    return j;
+    return support_sim_get_optional(&f->sim, path);
 }
 
 static const char *configured(json_t *conf, const char *key)
@@ -185,7 +121,8 @@ static const char *configured(json_t *conf, const char *key)
 
 static int test_setup(void **state)
 {
-    ctl_ok(*state, "POST", "/_sim/reset", "{}");
+    struct fixture *f = *state;
+    support_sim_call_ok(&f->sim, "POST", "/_sim/reset", "{}");
     return 0;
 }
 
@@ -197,9 +134,9 @@ static struct mender_client *client_mode(struct fixture *f, enum configure_mode 
     struct mender_client_options o;
     mender_client_options_default(&o);
     o.mode = mode;
-    o.workflows_url = f->base;
-    o.deviceconfig_url = f->base;
-    o.deviceauth_url = f->base;
+    o.workflows_url = f->sim.base;
+    o.deviceconfig_url = f->sim.base;
+    o.deviceauth_url = f->sim.base;
     o.connect_timeout_ms = 2000;
     o.timeout_ms = timeout_ms;
     o.max_connections = max_conn;
@@ -250,13 +187,13 @@ static void test_options(void **state)
     assert_null(c);
 
     o.mode = CONFIGURE_MODE_DEVICECONFIG;
-    o.workflows_url = f->base;
+    o.workflows_url = f->sim.base;
     assert_int_equal(mender_client_new(&o, &c, &err), IOT_ERR_CONFIG); /* no deviceconfig URL */
     o.deviceconfig_url = "ftp://deviceconfig:8080";
     assert_int_equal(mender_client_new(&o, &c, &err), IOT_ERR_CONFIG);
     o.deviceconfig_url = "http://device config";
     assert_int_equal(mender_client_new(&o, &c, &err), IOT_ERR_CONFIG);
-    o.deviceconfig_url = f->base;
+    o.deviceconfig_url = f->sim.base;
     o.timeout_ms = 0;
     assert_int_equal(mender_client_new(&o, &c, &err), IOT_ERR_CONFIG);
     o.timeout_ms = 1000;
@@ -266,7 +203,7 @@ static void test_options(void **state)
 
     /* A bare host:port with trailing slashes means http://host:port, as in the original. */
     char bare[64];
-    snprintf(bare, sizeof bare, "127.0.0.1:%u//", f->port);
+    snprintf(bare, sizeof bare, "127.0.0.1:%u//", f->sim.port);
     mender_client_options_default(&o);
     o.workflows_url = bare;
     assert_int_equal(mender_client_new(&o, &c, &err), IOT_OK);
@@ -279,7 +216,7 @@ static void test_options(void **state)
                      IOT_ERR_CONFIG);
     assert_int_equal(found, 0);
     mender_client_free(c);
-    json_t *reqs = sim_requests(f);
+    json_t *reqs = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(reqs), 1);
     assert_string_equal(req_str(reqs, 0, "path"), "/api/v1/workflow/provision_external_device");
     json_decref(reqs);
@@ -296,7 +233,7 @@ static void test_workflows_body_exact(void **state)
     assert_int_equal(push(c, TENANT, "dev-1", CS("dev-1"), "rid-1", &err), IOT_OK);
     mender_client_free(c);
 
-    json_t *reqs = sim_requests(f);
+    json_t *reqs = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(reqs), 1);
     assert_string_equal(req_str(reqs, 0, "method"), "POST");
     assert_string_equal(req_str(reqs, 0, "path"), "/api/v1/workflow/provision_external_device");
@@ -338,7 +275,7 @@ static void test_workflows_no_request_id_empty_tenant(void **state)
     assert_int_equal(push(c, NULL, "dev-3", CS("dev-3"), "", &err), IOT_OK);
     mender_client_free(c);
 
-    json_t *reqs = sim_requests(f);
+    json_t *reqs = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(reqs), 2);
     assert_string_equal(req_str(reqs, 0, "body"),
                         "{\"tenant_id\":\"\",\"device_id\":\"dev-2\",\"request_id\":\"\","
@@ -367,7 +304,7 @@ static void test_workflows_go_escaping(void **state)
     assert_int_equal(push(c, "t", "d", "", NULL, &err), IOT_ERR_INVALID);
     mender_client_free(c);
 
-    json_t *reqs = sim_requests(f);
+    json_t *reqs = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(reqs), 1);
     assert_string_equal(req_str(reqs, 0, "body"),
                         "{\"tenant_id\":\"t\\u003c\\u0026\\u003e\","
@@ -384,10 +321,10 @@ static void test_deviceconfig_patch_then_deploy(void **state)
 {
     struct fixture *f = *state;
     /* The device already has configuration of its own: Configure merges, it does not replace. */
-    assert_int_equal(ctl(f, "PATCH",
-                         "/api/internal/v1/deviceconfig/tenants/" TENANT
-                         "/configurations/device/dev-1",
-                         "{\"timezone\":\"UTC\"}", NULL),
+    assert_int_equal(support_sim_call(&f->sim, "PATCH",
+                                      "/api/internal/v1/deviceconfig/tenants/" TENANT
+                                      "/configurations/device/dev-1",
+                                      "{\"timezone\":\"UTC\"}", NULL),
                      204);
     const size_t skip = 1; /* that PATCH is in the log too */
 
@@ -395,7 +332,7 @@ static void test_deviceconfig_patch_then_deploy(void **state)
     struct iot_error err;
     assert_int_equal(push(c, TENANT, "dev-1", CS("dev-1"), "rid-7", &err), IOT_OK);
 
-    json_t *reqs = sim_requests(f);
+    json_t *reqs = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(reqs), skip + 2);
     const char *base =
         "/api/internal/v1/deviceconfig/tenants/" TENANT "/configurations/device/dev-1";
@@ -432,9 +369,9 @@ static void test_deviceconfig_patch_then_deploy(void **state)
     json_decref(conf);
 
     /* Empty tenant and a device id that needs escaping: path segments are percent-encoded. */
-    ctl_ok(f, "POST", "/_sim/reset", "{}");
+    support_sim_call_ok(&f->sim, "POST", "/_sim/reset", "{}");
     assert_int_equal(push(c, "", "a b/c", CS("abc"), NULL, &err), IOT_OK);
-    reqs = sim_requests(f);
+    reqs = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(reqs), 2);
     assert_string_equal(req_str(reqs, 0, "path"),
                         "/api/internal/v1/deviceconfig/tenants//configurations/device/a%20b%2Fc");
@@ -465,7 +402,7 @@ static void test_deviceconfig_rejects_oversized(void **state)
     assert_non_null(strstr(err.msg, "4096"));
     assert_null(strstr(err.msg, "AAAAAAAA"));
     free(big);
-    json_t *reqs = sim_requests(f);
+    json_t *reqs = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(reqs), 1); /* no deploy after a failed PATCH */
     json_decref(reqs);
     assert_null(sim_config(f, TENANT, "d"));
@@ -477,7 +414,7 @@ static void test_deviceconfig_rejects_oversized(void **state)
 static void check_status(struct fixture *f, struct mender_client *c, const char *match, int status,
                          enum iot_err want)
 {
-    ctl_ok(f, "POST", "/_sim/reset", "{}");
+    support_sim_call_ok(&f->sim, "POST", "/_sim/reset", "{}");
     fault(f, "{\"match\":\"%s\",\"status\":%d,\"body\":{\"error\":\"simulated %d\"}}", match,
           status, status);
     struct iot_error err;
@@ -514,18 +451,18 @@ static void test_push_status_mapping(void **state)
 
     /* deviceconfig: a 404 on the PATCH means the device is gone; like the workflow, that is
      * success, and there is nothing to deploy. */
-    ctl_ok(f, "POST", "/_sim/reset", "{}");
+    support_sim_call_ok(&f->sim, "POST", "/_sim/reset", "{}");
     fault(f, "{\"match\":\"PATCH /api/internal/v1/deviceconfig/\",\"status\":404}");
     struct iot_error err;
     assert_int_equal(push(dc, TENANT, "gone", CS("gone"), NULL, &err), IOT_OK);
-    json_t *reqs = sim_requests(f);
+    json_t *reqs = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(reqs), 1);
     assert_string_equal(req_str(reqs, 0, "method"), "PATCH");
     json_decref(reqs);
 
     /* A failed deploy after a successful PATCH: the configuration is stored, the error is
      * retryable, and pushing again deploys it. */
-    ctl_ok(f, "POST", "/_sim/reset", "{}");
+    support_sim_call_ok(&f->sim, "POST", "/_sim/reset", "{}");
     fault(f, "{\"match\":\"POST /api/internal/v1/deviceconfig/\",\"status\":503}");
     assert_int_equal(push(dc, TENANT, "dev-d", CS("dev-d"), NULL, &err), IOT_ERR_UNAVAILABLE);
     assert_non_null(strstr(err.msg, "deviceconfig deploy"));
@@ -557,7 +494,7 @@ static void test_secret_never_in_messages(void **state)
     };
     for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
         for (int mode = 0; mode < 2; mode++) {
-            ctl_ok(f, "POST", "/_sim/reset", "{}");
+            support_sim_call_ok(&f->sim, "POST", "/_sim/reset", "{}");
             json_t *b = json_string(bodies[i]);
             char *bj = json_dumps(b, JSON_ENCODE_ANY);
             fault(f, "{\"match\":\"* /api/\",\"status\":%d,\"body\":%s}", mode ? 400 : 500, bj);
@@ -569,7 +506,7 @@ static void test_secret_never_in_messages(void **state)
         }
     }
     /* An error that does not echo the secret keeps its excerpt. */
-    ctl_ok(f, "POST", "/_sim/reset", "{}");
+    support_sim_call_ok(&f->sim, "POST", "/_sim/reset", "{}");
     fault(f, "{\"match\":\"* /api/\",\"status\":400,\"body\":{\"error\":\"device dev-x: nope\"}}");
     assert_int_equal(push(wf, TENANT, "dev-x", CS("dev-x"), NULL, &err), IOT_ERR_INVALID);
     assert_non_null(strstr(err.msg, "device dev-x: nope"));
@@ -583,7 +520,7 @@ static void test_timeout(void **state)
 {
     struct fixture *f = *state;
     for (int mode = 0; mode < 2; mode++) {
-        ctl_ok(f, "POST", "/_sim/reset", "{}");
+        support_sim_call_ok(&f->sim, "POST", "/_sim/reset", "{}");
         fault(f, "{\"match\":\"* /api/\",\"latency_ms\":3000}");
         struct mender_client *c =
             client_mode(f, mode ? CONFIGURE_MODE_DEVICECONFIG : CONFIGURE_MODE_WORKFLOWS, 400, 2);
@@ -603,7 +540,7 @@ static void test_redirect_not_followed(void **state)
     struct fixture *f = *state;
     struct mender_client *c = client(f, CONFIGURE_MODE_WORKFLOWS);
     fault(f, "{\"match\":\"* /api/\",\"status\":307,\"location\":\"%s/elsewhere\",\"count\":-1}",
-          f->base);
+          f->sim.base);
     struct iot_error err;
     assert_int_equal(push(c, TENANT, "d", CS("d"), NULL, &err), IOT_ERR_UPSTREAM);
     assert_non_null(strstr(err.msg, "307"));
@@ -613,7 +550,7 @@ static void test_redirect_not_followed(void **state)
     assert_int_equal(mender_deviceauth_devices(c, TENANT, ids, 1, NULL, out, &found, &err),
                      IOT_ERR_UPSTREAM);
     assert_int_equal(found, 0);
-    json_t *reqs = sim_requests(f);
+    json_t *reqs = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(reqs), 2); /* nothing reached /elsewhere */
     for (size_t i = 0; i < 2; i++)
         assert_null(strstr(req_str(reqs, i, "path"), "elsewhere"));
@@ -665,7 +602,7 @@ static const char device_table[] =
 static void test_deviceauth_devices(void **state)
 {
     struct fixture *f = *state;
-    ctl_ok(f, "PUT", "/_sim/deviceauth/", device_table);
+    support_sim_call_ok(&f->sim, "PUT", "/_sim/deviceauth/", device_table);
     struct mender_client *c = client(f, CONFIGURE_MODE_WORKFLOWS);
     const char *ids[] = {"d1", "d2", "d3", "unknown-1", "unknown-2"};
     struct deviceauth_device out[5];
@@ -704,7 +641,7 @@ static void test_deviceauth_devices(void **state)
     assert_int_equal(mender_deviceauth_devices(c, "", bad, 2, NULL, out, &found, &err),
                      IOT_ERR_INVALID);
 
-    json_t *reqs = sim_requests(f);
+    json_t *reqs = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(reqs), 3);
     assert_string_equal(req_str(reqs, 0, "method"), "GET");
     assert_string_equal(req_str(reqs, 0, "path"), "/api/internal/v1/devauth/tenants//devices");
@@ -722,11 +659,12 @@ static void test_deviceauth_devices(void **state)
 static void test_deviceauth_accepted_page(void **state)
 {
     struct fixture *f = *state;
-    ctl_ok(f, "PUT", "/_sim/deviceauth/t2",
-           "[{\"id\":\"a1\",\"status\":\"accepted\"},{\"id\":\"p1\",\"status\":\"pending\"},"
-           "{\"id\":\"a2\",\"status\":\"accepted\"},{\"id\":\"a3\",\"status\":\"accepted\"},"
-           "{\"id\":\"p2\",\"status\":\"pending\"},{\"id\":\"a4\",\"status\":\"accepted\"},"
-           "{\"id\":\"a5\",\"status\":\"accepted\"}]");
+    support_sim_call_ok(
+        &f->sim, "PUT", "/_sim/deviceauth/t2",
+        "[{\"id\":\"a1\",\"status\":\"accepted\"},{\"id\":\"p1\",\"status\":\"pending\"},"
+        "{\"id\":\"a2\",\"status\":\"accepted\"},{\"id\":\"a3\",\"status\":\"accepted\"},"
+        "{\"id\":\"p2\",\"status\":\"pending\"},{\"id\":\"a4\",\"status\":\"accepted\"},"
+        "{\"id\":\"a5\",\"status\":\"accepted\"}]");
     struct mender_client *c = client(f, CONFIGURE_MODE_DEVICECONFIG);
     struct deviceauth_device out[2];
     size_t found = 0;
@@ -748,7 +686,7 @@ static void test_deviceauth_accepted_page(void **state)
                      IOT_ERR_INVALID);
     assert_int_equal(mender_deviceauth_accepted_page(c, "t2", 1, 501, out, &found, &err),
                      IOT_ERR_INVALID);
-    json_t *reqs = sim_requests(f);
+    json_t *reqs = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(reqs), 4);
     assert_string_equal(req_str(reqs, 0, "path"), "/api/internal/v1/devauth/tenants/t2/devices");
     assert_string_equal(req_str(reqs, 0, "query"), "status=accepted&page=1&per_page=2");
@@ -760,8 +698,8 @@ static void test_deviceauth_accepted_page(void **state)
 static void check_listing(struct fixture *f, struct mender_client *c, const char *fault_body,
                           enum iot_err want)
 {
-    ctl_ok(f, "POST", "/_sim/reset", "{}");
-    ctl_ok(f, "POST", "/_sim/faults", fault_body);
+    support_sim_call_ok(&f->sim, "POST", "/_sim/reset", "{}");
+    support_sim_call_ok(&f->sim, "POST", "/_sim/faults", fault_body);
     const char *ids[] = {"d1", "d2"};
     struct deviceauth_device out[2];
     size_t found = 5;
@@ -801,10 +739,10 @@ static void test_deviceauth_errors(void **state)
     /* null is Go's empty list; missing status is "" and an id-less entry is skipped. */
     CHECK(IOT_OK, "{%s,\"status\":200,\"body\":\"null\"}", m);
 #undef CHECK
-    ctl_ok(f, "POST", "/_sim/reset", "{}");
-    ctl_ok(f, "POST", "/_sim/faults",
-           "{\"match\":\"GET /api/internal/v1/devauth/\",\"status\":200,"
-           "\"body\":[{\"id\":\"d1\",\"extra\":[1,2]},{\"status\":\"accepted\"}]}");
+    support_sim_call_ok(&f->sim, "POST", "/_sim/reset", "{}");
+    support_sim_call_ok(&f->sim, "POST", "/_sim/faults",
+                        "{\"match\":\"GET /api/internal/v1/devauth/\",\"status\":200,"
+                        "\"body\":[{\"id\":\"d1\",\"extra\":[1,2]},{\"status\":\"accepted\"}]}");
     const char *ids[] = {"d1", "d2"};
     struct deviceauth_device out[2];
     size_t found = 0;
@@ -887,7 +825,7 @@ static void test_concurrent_pushes(void **state)
     struct mender_client *c = client_mode(f, CONFIGURE_MODE_WORKFLOWS, 10000, 4);
     run_workers(c, PER_THREAD);
     mender_client_free(c);
-    json_t *reqs = sim_requests(f);
+    json_t *reqs = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(reqs), THREADS * PER_THREAD);
     /* Every request carried its own request id, in header and body alike. */
     for (size_t i = 0; i < json_array_size(reqs); i++) {
@@ -900,11 +838,11 @@ static void test_concurrent_pushes(void **state)
     json_decref(reqs);
     check_all_configured(f, PER_THREAD, 1);
 
-    ctl_ok(f, "POST", "/_sim/reset", "{}");
+    support_sim_call_ok(&f->sim, "POST", "/_sim/reset", "{}");
     c = client_mode(f, CONFIGURE_MODE_DEVICECONFIG, 10000, 3);
     run_workers(c, DC_PER_THREAD);
     mender_client_free(c);
-    reqs = sim_requests(f);
+    reqs = support_sim_requests(&f->sim);
     assert_int_equal(json_array_size(reqs), 2 * THREADS * DC_PER_THREAD);
     json_decref(reqs);
     check_all_configured(f, DC_PER_THREAD, 1);

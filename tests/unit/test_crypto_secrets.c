@@ -91,6 +91,13 @@ static void set_plain(struct secret *s, const char *text)
     assert_int_equal(secret_set_plain(s, (const uint8_t *)text, strlen(text)), IOT_OK);
 }
 
+/* `s` as Mender stores a secret: `len` bytes of `blob` under its label, no key id. */
+static void set_legacy(struct secret *s, const uint8_t *blob, size_t len)
+{
+    memset(s, 0, sizeof *s);
+    assert_int_equal(secret_set_sealed(s, SECRET_ALG_LEGACY, false, 0, blob, len), IOT_OK);
+}
+
 static void assert_plain(const struct secret *s, const char *text)
 {
     assert_int_equal(s->state, SECRET_PLAIN);
@@ -129,9 +136,9 @@ static void test_legacy_vector_open(void **state)
     const struct crypto_keyring rings[] = {ring(K_TEXT, NULL), ring(K2_TEXT, K_TEXT),
                                            ring(K_TEXT, K2_TEXT)};
     for (size_t i = 0; i < sizeof rings / sizeof rings[0]; i++) {
-        struct secret s = {0};
+        struct secret s;
         struct iot_error err = {0};
-        assert_int_equal(secret_set_sealed(&s, SECRET_ALG_LEGACY, false, 0, blob, len), IOT_OK);
+        set_legacy(&s, blob, len);
         /* Mender's blobs carry no owner binding: any tenant or integration opens them */
         assert_int_equal(crypto_open(&rings[i], "any-tenant", &id, &s, &err), IOT_OK);
         assert_plain(&s, "secret");
@@ -153,9 +160,9 @@ static void test_legacy_wrong_key_is_an_error(void **state)
     rings[2].has_fallback = true; /* fallback only */
     rings[2].fallback = k2;
     for (size_t i = 0; i < 3; i++) {
-        struct secret s = {0};
+        struct secret s;
         struct iot_error err = {0};
-        assert_int_equal(secret_set_sealed(&s, SECRET_ALG_LEGACY, false, 0, blob, len), IOT_OK);
+        set_legacy(&s, blob, len);
         assert_int_equal(crypto_open(&rings[i], "", &id, &s, &err), IOT_ERR_CRYPTO);
         assert_string_equal(err.msg, "unable to decrypt the data");
         /* never garbage: the secret is left sealed as it was */
@@ -176,9 +183,9 @@ static void test_legacy_tampered_is_an_error(void **state)
     /* IV, ciphertext and MAC bytes */
     const size_t positions[] = {1, 16, 17, 22, 23, 86};
     for (size_t i = 0; i < sizeof positions / sizeof positions[0]; i++) {
-        struct secret s = {0};
+        struct secret s;
         blob[positions[i]] ^= 0x01;
-        assert_int_equal(secret_set_sealed(&s, SECRET_ALG_LEGACY, false, 0, blob, len), IOT_OK);
+        set_legacy(&s, blob, len);
         assert_int_equal(crypto_open(&kr, "", &id, &s, NULL), IOT_ERR_CRYPTO);
         assert_int_equal(s.state, SECRET_SEALED);
         secret_clear(&s);
@@ -208,11 +215,9 @@ static void test_legacy_plaintext_passes_through(void **state)
                                            ring(K_TEXT, K2_TEXT)};
     for (size_t r = 0; r < sizeof rings / sizeof rings[0]; r++) {
         for (size_t i = 0; i < sizeof blobs / sizeof blobs[0]; i++) {
-            struct secret s = {0};
+            struct secret s;
             struct iot_error err = {0};
-            assert_int_equal(
-                secret_set_sealed(&s, SECRET_ALG_LEGACY, false, 0, blobs[i].data, blobs[i].len),
-                IOT_OK);
+            set_legacy(&s, blobs[i].data, blobs[i].len);
             assert_int_equal(crypto_open(&rings[r], "t", &id, &s, &err), IOT_OK);
             assert_int_equal(s.state, SECRET_PLAIN);
             assert_int_equal(s.len, blobs[i].len);
@@ -230,9 +235,9 @@ static void test_legacy_ciphertext_without_keys_is_an_error(void **state)
     size_t len = from_hex(legacy_vector_hex, blob, sizeof blob);
     struct crypto_keyring none = ring(NULL, NULL);
     struct uuid id = oid();
-    struct secret s = {0};
+    struct secret s;
     struct iot_error err = {0};
-    assert_int_equal(secret_set_sealed(&s, SECRET_ALG_LEGACY, false, 0, blob, len), IOT_OK);
+    set_legacy(&s, blob, len);
     assert_int_equal(crypto_open(&none, "", &id, &s, &err), IOT_ERR_CRYPTO);
     assert_int_equal(crypto_open(NULL, "", &id, &s, &err), IOT_ERR_CRYPTO);
     assert_int_equal(s.state, SECRET_SEALED);
@@ -696,6 +701,16 @@ static void write_file(const char *path, const char *text, mode_t mode)
     close(fd);
 }
 
+/* The first line of the file at `path` into `text` (`cap` bytes). */
+static void read_first_line(const char *path, char *text, size_t cap)
+{
+    memset(text, 0, cap);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(text, (int)cap, f));
+    fclose(f);
+}
+
 static void test_keyfile_create_and_reload(void **state)
 {
     (void)state;
@@ -718,11 +733,8 @@ static void test_keyfile_create_and_reload(void **state)
     assert_int_equal(st.st_size, 45); /* 44 base64 characters and a newline */
 
     /* the file holds exactly this key, in the key-setting format */
-    char text[64] = {0};
-    FILE *f = fopen(t.path, "r");
-    assert_non_null(f);
-    assert_non_null(fgets(text, sizeof text, f));
-    fclose(f);
+    char text[64];
+    read_first_line(t.path, text, sizeof text);
     text[strcspn(text, "\n")] = '\0';
     struct crypto_key parsed = key_from(text);
     assert_memory_equal(parsed.bytes, k1.bytes, CRYPTO_KEY_LEN);
@@ -765,11 +777,8 @@ static void test_keyfile_refused(void **state)
         assert_non_null(strstr(err.msg, "group or others"));
         assert_null(strstr(err.msg, K_TEXT));
         /* not replaced by a new key either */
-        char text[64] = {0};
-        FILE *f = fopen(t.path, "r");
-        assert_non_null(f);
-        assert_non_null(fgets(text, sizeof text, f));
-        fclose(f);
+        char text[64];
+        read_first_line(t.path, text, sizeof text);
         assert_string_equal(text, K_TEXT "\n");
     }
 

@@ -48,22 +48,32 @@ static void expect_no_match(const char *pattern, const char *path)
     match_free(&m);
 }
 
+/* Fails unless `path` matches `pattern` with exactly the `n` parameter values that follow. */
+static void expect_match(const char *pattern, const char *path, size_t n, ...)
+{
+    const char *want[HTTP_MAX_PARAMS];
+    assert_true(n <= HTTP_MAX_PARAMS);
+    va_list ap;
+    va_start(ap, n);
+    for (size_t i = 0; i < n; i++)
+        want[i] = va_arg(ap, const char *);
+    va_end(ap);
+
+    struct match m = match(pattern, path);
+    if (!m.ok)
+        fail_msg("\"%s\" did not match \"%s\"", path, pattern);
+    assert_int_equal(m.n, n);
+    for (size_t i = 0; i < n; i++)
+        assert_string_equal(m.params[i], want[i]);
+    match_free(&m);
+}
+
 static void test_literal_paths(void **state)
 {
     (void)state;
-    struct match m = match(MGMT "/integrations", MGMT "/integrations");
-    assert_true(m.ok);
-    assert_int_equal(m.n, 0);
-    match_free(&m);
-
-    m = match("/", "/");
-    assert_true(m.ok);
-    assert_int_equal(m.n, 0);
-    match_free(&m);
-
-    m = match("/api/internal/v1/iot-manager/health", "/api/internal/v1/iot-manager/health");
-    assert_true(m.ok);
-    match_free(&m);
+    expect_match(MGMT "/integrations", MGMT "/integrations", 0);
+    expect_match("/", "/", 0);
+    expect_match("/api/internal/v1/iot-manager/health", "/api/internal/v1/iot-manager/health", 0);
 
     expect_no_match(MGMT "/integrations", MGMT "/integration");
     expect_no_match(MGMT "/integrations", MGMT "/integrationz");
@@ -78,31 +88,13 @@ static void test_literal_paths(void **state)
 static void test_parameters(void **state)
 {
     (void)state;
-    struct match m = match(MGMT "/integrations/{id}", MGMT "/integrations/0a68eb57-c88a");
-    assert_true(m.ok);
-    assert_int_equal(m.n, 1);
-    assert_string_equal(m.params[0], "0a68eb57-c88a");
-    match_free(&m);
-
-    m = match(MGMT "/devices/{id}/state/{integrationId}", MGMT "/devices/dev-1/state/itg-2");
-    assert_true(m.ok);
-    assert_int_equal(m.n, 2);
-    assert_string_equal(m.params[0], "dev-1");
-    assert_string_equal(m.params[1], "itg-2");
-    match_free(&m);
-
-    m = match(INTL "/tenants/{tenant_id}/devices/{device_id}", INTL "/tenants/t1/devices/d1");
-    assert_true(m.ok);
-    assert_int_equal(m.n, 2);
-    assert_string_equal(m.params[0], "t1");
-    assert_string_equal(m.params[1], "d1");
-    match_free(&m);
-
+    expect_match(MGMT "/integrations/{id}", MGMT "/integrations/0a68eb57-c88a", 1, "0a68eb57-c88a");
+    expect_match(MGMT "/devices/{id}/state/{integrationId}", MGMT "/devices/dev-1/state/itg-2", 2,
+                 "dev-1", "itg-2");
+    expect_match(INTL "/tenants/{tenant_id}/devices/{device_id}", INTL "/tenants/t1/devices/d1", 2,
+                 "t1", "d1");
     /* the value is the raw segment: decoding is the server's job */
-    m = match("/a/{x}", "/a/b%2Fc");
-    assert_true(m.ok);
-    assert_string_equal(m.params[0], "b%2Fc");
-    match_free(&m);
+    expect_match("/a/{x}", "/a/b%2Fc", 1, "b%2Fc");
 
     /* a parameter matches one segment only, never a literal's neighbour */
     expect_no_match(MGMT "/devices/{id}/state", MGMT "/devices/x/y/state");
@@ -113,25 +105,10 @@ static void test_parameters(void **state)
 static void test_empty_segment_is_a_value(void **state)
 {
     (void)state;
-    struct match m = match(INTL "/tenants/{tenant_id}/devices", INTL "/tenants//devices");
-    assert_true(m.ok);
-    assert_int_equal(m.n, 1);
-    assert_string_equal(m.params[0], "");
-    match_free(&m);
-
-    m = match(INTL "/tenants/{tenant_id}/devices/{device_id}", INTL "/tenants//devices/abc");
-    assert_true(m.ok);
-    assert_int_equal(m.n, 2);
-    assert_string_equal(m.params[0], "");
-    assert_string_equal(m.params[1], "abc");
-    match_free(&m);
-
-    m = match("/{a}/{b}/{c}", "///");
-    assert_true(m.ok);
-    assert_int_equal(m.n, 3);
-    for (size_t i = 0; i < 3; i++)
-        assert_string_equal(m.params[i], "");
-    match_free(&m);
+    expect_match(INTL "/tenants/{tenant_id}/devices", INTL "/tenants//devices", 1, "");
+    expect_match(INTL "/tenants/{tenant_id}/devices/{device_id}", INTL "/tenants//devices/abc", 2,
+                 "", "abc");
+    expect_match("/{a}/{b}/{c}", "///", 3, "", "", "");
 
     /* an empty segment does not stand in for a literal */
     expect_no_match(INTL "/tenants/{tenant_id}/devices", INTL "//{tenant_id}/devices");
@@ -146,9 +123,7 @@ static void test_trailing_slash_is_significant(void **state)
     expect_no_match(MGMT "/integrations/{id}/credentials", MGMT "/integrations/x/credentials/");
     expect_no_match("/a/{x}", "/a/b/");
 
-    struct match m = match(MGMT "/integrations/", MGMT "/integrations/");
-    assert_true(m.ok);
-    match_free(&m);
+    expect_match(MGMT "/integrations/", MGMT "/integrations/", 0);
 }
 
 static void test_too_many_segments(void **state)
@@ -178,16 +153,12 @@ static void test_prefix_only_rejected(void **state)
 static void test_max_params(void **state)
 {
     (void)state;
-    struct match m = match("/{a}/{b}/{c}/{d}", "/1/2/3/4");
-    assert_true(m.ok);
-    assert_int_equal(m.n, HTTP_MAX_PARAMS);
-    assert_string_equal(m.params[0], "1");
-    assert_string_equal(m.params[3], "4");
-    match_free(&m);
+    assert_int_equal(HTTP_MAX_PARAMS, 4); /* the patterns here are written for it */
+    expect_match("/{a}/{b}/{c}/{d}", "/1/2/3/4", HTTP_MAX_PARAMS, "1", "2", "3", "4");
 
     /* one more than HTTP_MAX_PARAMS cannot be matched (and nothing is written past the array,
      * which has two spare slots here that must stay NULL) */
-    m = match("/{a}/{b}/{c}/{d}/{e}", "/1/2/3/4/5");
+    struct match m = match("/{a}/{b}/{c}/{d}/{e}", "/1/2/3/4/5");
     assert_false(m.ok);
     assert_null(m.params[HTTP_MAX_PARAMS]);
     assert_null(m.params[HTTP_MAX_PARAMS + 1]);
@@ -198,18 +169,9 @@ static void test_max_params(void **state)
 static void test_scratch_bound(void **state)
 {
     (void)state;
-    struct match m =
-        match("/{a}/{b}/{c}/{d}", "/aaaaaaaaaa/bbbbbbbbbbbbbbbbb/c/dddddddddddddddddddd");
-    assert_true(m.ok);
-    assert_string_equal(m.params[0], "aaaaaaaaaa");
-    assert_string_equal(m.params[1], "bbbbbbbbbbbbbbbbb");
-    assert_string_equal(m.params[2], "c");
-    assert_string_equal(m.params[3], "dddddddddddddddddddd");
-    match_free(&m);
-
-    m = match("/{a}/{b}/{c}/{d}", "////");
-    assert_true(m.ok);
-    match_free(&m);
+    expect_match("/{a}/{b}/{c}/{d}", "/aaaaaaaaaa/bbbbbbbbbbbbbbbbb/c/dddddddddddddddddddd", 4,
+                 "aaaaaaaaaa", "bbbbbbbbbbbbbbbbb", "c", "dddddddddddddddddddd");
+    expect_match("/{a}/{b}/{c}/{d}", "////", 4, "", "", "", "");
 }
 
 int main(void)

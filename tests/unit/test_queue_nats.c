@@ -35,6 +35,7 @@
 #include "iot-manager/log.h"
 #include "iot-manager/queue.h"
 #include "iot-manager/uuid.h"
+#include "support/spawn.h"
 
 #define NATS_SERVER "/usr/sbin/nats-server"
 #define NS_PER_MS   ((int64_t)1000000)
@@ -43,25 +44,11 @@ extern char **environ;
 
 /* ---- helpers: clocks, ports, a nats-server of our own ---- */
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int64_t wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int64_t ms)
-{
-    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
 }
 
 static int free_port(void)
@@ -138,10 +125,10 @@ static void natsd_start(struct natsd *d)
     int rc = posix_spawn(&d->pid, NATS_SERVER, &fa, NULL, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
     assert_int_equal(rc, 0);
-    int64_t deadline = mono_ms() + 10000;
+    int64_t deadline = support_now_ms() + 10000;
     while (!natsd_healthy(d)) {
-        assert_true(mono_ms() < deadline);
-        sleep_ms(20);
+        assert_true(support_now_ms() < deadline);
+        support_sleep_ms(20);
     }
 }
 
@@ -151,15 +138,15 @@ static void natsd_stop(struct natsd *d)
         return;
     kill(d->pid, SIGTERM);
     int status;
-    int64_t deadline = mono_ms() + 5000;
+    int64_t deadline = support_now_ms() + 5000;
     /* nats-server 2.9 exits with status 1 on SIGTERM: only its being gone matters */
     while (waitpid(d->pid, &status, WNOHANG) == 0) {
-        if (mono_ms() > deadline) {
+        if (support_now_ms() > deadline) {
             kill(d->pid, SIGKILL);
             waitpid(d->pid, &status, 0);
             break;
         }
-        sleep_ms(10);
+        support_sleep_ms(10);
     }
     d->pid = 0;
 }
@@ -295,6 +282,59 @@ static void fx_drop(struct fx *f)
     js_DeleteStream(g.js, kv, NULL, NULL);
 }
 
+/* cmocka set-ups of a test's own queue on the shared server: fx_init() only (the test sets
+ * options, then opens), or fx_init() and fx_open(); the tear-down drops it, failed or not. */
+static int setup_fx(void **state)
+{
+    struct fx *f = malloc(sizeof *f);
+    assert_non_null(f);
+    fx_init(f, NULL);
+    *state = f;
+    return 0;
+}
+
+static int setup_fx_open(void **state)
+{
+    setup_fx(state);
+    fx_open(*state);
+    return 0;
+}
+
+static int teardown_fx(void **state)
+{
+    fx_drop(*state);
+    free(*state);
+    return 0;
+}
+
+/* A test's own nats-server on a free port, not started (the test starts and stops it), and a
+ * queue aimed at it, not opened; the tear-down closes the queue and removes the server. */
+struct own {
+    struct natsd d;
+    struct fx f;
+};
+
+static int setup_own(void **state)
+{
+    struct own *o = calloc(1, sizeof *o);
+    assert_non_null(o);
+    char url[64];
+    o->d.port = free_port();
+    natsd_url(&o->d, url, sizeof url);
+    fx_init(&o->f, url);
+    *state = o;
+    return 0;
+}
+
+static int teardown_own(void **state)
+{
+    struct own *o = *state;
+    fx_close(&o->f);
+    natsd_destroy(&o->d);
+    free(o);
+    return 0;
+}
+
 static void publish_one(struct queue *q, const char *kind, const char *data, uint64_t *seq)
 {
     struct iot_error err = {0};
@@ -386,88 +426,75 @@ static void test_invalid_options(void **state)
 /* Start-up never waits for NATS; calls fail fast until a server shows up, then it works. */
 static void test_open_before_server(void **state)
 {
-    (void)state;
-    struct natsd d = {0};
-    char url[64];
-    struct fx f;
+    struct own *o = *state;
+    struct fx *f = &o->f;
     struct iot_error err = {0};
-    d.port = free_port();
-    natsd_url(&d, url, sizeof url);
-    fx_init(&f, url);
 
-    int64_t t0 = mono_ms();
-    assert_int_equal(queue_open(&f.o, &f.q, &err), IOT_OK);
-    assert_true(mono_ms() - t0 < 200);
-    assert_int_equal(queue_health(f.q, &err), IOT_ERR_UNAVAILABLE);
+    int64_t t0 = support_now_ms();
+    assert_int_equal(queue_open(&f->o, &f->q, &err), IOT_OK);
+    assert_true(support_now_ms() - t0 < 200);
+    assert_int_equal(queue_health(f->q, &err), IOT_ERR_UNAVAILABLE);
     assert_true(err.msg[0] != '\0');
 
     /* a publish keeps trying for publish_timeout_ms, also before the first connection */
-    t0 = mono_ms();
+    t0 = support_now_ms();
     struct queue_publication p = {.kind = "provision", .data = "{}", .len = 2};
-    assert_int_equal(queue_publish(f.q, &p, 1, &err), IOT_ERR_UNAVAILABLE);
-    int64_t publish_ms = mono_ms() - t0;
-    assert_true(publish_ms >= f.o.publish_timeout_ms - 50);
-    assert_true(publish_ms < f.o.publish_timeout_ms + 1500);
+    assert_int_equal(queue_publish(f->q, &p, 1, &err), IOT_ERR_UNAVAILABLE);
+    int64_t publish_ms = support_now_ms() - t0;
+    assert_true(publish_ms >= f->o.publish_timeout_ms - 50);
+    assert_true(publish_ms < f->o.publish_timeout_ms + 1500);
 
     /* everything else fails fast */
-    t0 = mono_ms();
+    t0 = support_now_ms();
     char *v = NULL;
     size_t len;
     uint64_t rev;
-    assert_int_equal(queue_state_get(f.q, "d.k", &v, &len, &rev, &err), IOT_ERR_UNAVAILABLE);
-    assert_int_equal(queue_lease_acquire(f.q, "d.k", "me", &rev, &err), IOT_ERR_UNAVAILABLE);
+    assert_int_equal(queue_state_get(f->q, "d.k", &v, &len, &rev, &err), IOT_ERR_UNAVAILABLE);
+    assert_int_equal(queue_lease_acquire(f->q, "d.k", "me", &rev, &err), IOT_ERR_UNAVAILABLE);
     struct queue_consumer *c = NULL;
-    assert_int_equal(queue_consumer_new(f.q, &c, &err), IOT_ERR_UNAVAILABLE);
+    assert_int_equal(queue_consumer_new(f->q, &c, &err), IOT_ERR_UNAVAILABLE);
     assert_null(c);
     struct queue_stats st;
-    assert_int_equal(queue_stats(f.q, &st, &err), IOT_ERR_UNAVAILABLE);
+    assert_int_equal(queue_stats(f->q, &st, &err), IOT_ERR_UNAVAILABLE);
     size_t replayed;
-    assert_int_equal(queue_dlq_replay(f.q, NULL, 0, true, &replayed, &err), IOT_ERR_UNAVAILABLE);
-    assert_true(mono_ms() - t0 < 100);
+    assert_int_equal(queue_dlq_replay(f->q, NULL, 0, true, &replayed, &err), IOT_ERR_UNAVAILABLE);
+    assert_true(support_now_ms() - t0 < 100);
 
     /* bounded wait */
-    t0 = mono_ms();
-    assert_int_equal(queue_wait_ready(f.q, 300, &err), IOT_ERR_UNAVAILABLE);
-    int64_t waited = mono_ms() - t0;
+    t0 = support_now_ms();
+    assert_int_equal(queue_wait_ready(f->q, 300, &err), IOT_ERR_UNAVAILABLE);
+    int64_t waited = support_now_ms() - t0;
     assert_true(waited >= 250 && waited < 1500);
 
-    natsd_start(&d);
-    assert_int_equal(queue_wait_ready(f.q, 10000, &err), IOT_OK);
-    assert_int_equal(queue_health(f.q, &err), IOT_OK);
-    publish_one(f.q, "provision", "{}", NULL);
-    fx_close(&f);
-    natsd_destroy(&d);
+    natsd_start(&o->d);
+    assert_int_equal(queue_wait_ready(f->q, 10000, &err), IOT_OK);
+    assert_int_equal(queue_health(f->q, &err), IOT_OK);
+    publish_one(f->q, "provision", "{}", NULL);
 }
 
 /* Closing while the first connection attempt is still failing is quick. */
 static void test_close_while_connecting(void **state)
 {
-    (void)state;
-    char url[64];
-    struct fx f;
+    struct own *o = *state;
+    struct fx *f = &o->f;
     struct iot_error err = {0};
-    snprintf(url, sizeof url, "nats://127.0.0.1:%d", free_port());
-    fx_init(&f, url);
-    assert_int_equal(queue_open(&f.o, &f.q, &err), IOT_OK);
-    sleep_ms(50);
-    int64_t t0 = mono_ms();
-    fx_close(&f);
-    assert_true(mono_ms() - t0 < 1500);
+    assert_int_equal(queue_open(&f->o, &f->q, &err), IOT_OK);
+    support_sleep_ms(50);
+    int64_t t0 = support_now_ms();
+    fx_close(f);
+    assert_true(support_now_ms() - t0 < 1500);
 }
 
 static void test_roundtrip(void **state)
 {
-    (void)state;
-    struct fx f;
-    fx_init(&f, NULL);
-    fx_open(&f);
+    struct fx *f = *state;
     uint64_t s1, s2, s3;
-    publish_one(f.q, "provision", "{\"n\":1}", &s1);
-    publish_one(f.q, "status", "{\"n\":2}", &s2);
-    publish_one(f.q, "decommission", "{\"n\":3}", &s3);
+    publish_one(f->q, "provision", "{\"n\":1}", &s1);
+    publish_one(f->q, "status", "{\"n\":2}", &s2);
+    publish_one(f->q, "decommission", "{\"n\":3}", &s3);
     assert_true(s1 < s2 && s2 < s3);
 
-    struct queue_consumer *c = consumer(f.q);
+    struct queue_consumer *c = consumer(f->q);
     struct queue_msg m[10];
     size_t n = fetch(c, m, 10, 2000);
     assert_int_equal(n, 3);
@@ -477,7 +504,7 @@ static void test_roundtrip(void **state)
     assert_string_equal(m[0].kind, "provision");
     assert_string_equal(m[2].kind, "decommission");
     char subj[128];
-    snprintf(subj, sizeof subj, "%s.status", f.prefix);
+    snprintf(subj, sizeof subj, "%s.status", f->prefix);
     assert_string_equal(m[1].subject, subj);
     assert_int_equal(m[1].len, 7);
     assert_memory_equal(m[1].data, "{\"n\":2}", 7);
@@ -485,65 +512,58 @@ static void test_roundtrip(void **state)
     for (size_t i = 0; i < n; i++)
         ack_release(&m[i]);
 
-    int64_t t0 = mono_ms();
+    int64_t t0 = support_now_ms();
     assert_int_equal(fetch(c, m, 10, 200), 0); /* nothing left: idle, not an error */
-    assert_true(mono_ms() - t0 < 1000);
+    assert_true(support_now_ms() - t0 < 1000);
 
     /* WorkQueue: acked messages are removed from the stream */
     jsStreamInfo *si = NULL;
-    int64_t deadline = mono_ms() + 2000;
+    int64_t deadline = support_now_ms() + 2000;
     for (;;) {
-        assert_int_equal(js_GetStreamInfo(&si, g.js, f.stream, NULL, NULL), NATS_OK);
+        assert_int_equal(js_GetStreamInfo(&si, g.js, f->stream, NULL, NULL), NATS_OK);
         uint64_t msgs = si->State.Msgs;
         jsStreamInfo_Destroy(si);
         if (msgs == 0)
             break;
-        assert_true(mono_ms() < deadline);
-        sleep_ms(50);
+        assert_true(support_now_ms() < deadline);
+        support_sleep_ms(50);
     }
     queue_consumer_free(c);
 
     /* an invalid kind never reaches the stream */
     struct iot_error err = {0};
     struct queue_publication bad = {.kind = "a.b", .data = "x", .len = 1};
-    assert_int_equal(queue_publish(f.q, &bad, 1, &err), IOT_ERR_INVALID);
-    fx_drop(&f);
+    assert_int_equal(queue_publish(f->q, &bad, 1, &err), IOT_ERR_INVALID);
 }
 
 static void test_nak_with_delay(void **state)
 {
-    (void)state;
-    struct fx f;
-    fx_init(&f, NULL);
-    fx_open(&f);
+    struct fx *f = *state;
     uint64_t seq;
-    publish_one(f.q, "status", "{}", &seq);
-    struct queue_consumer *c = consumer(f.q);
+    publish_one(f->q, "status", "{}", &seq);
+    struct queue_consumer *c = consumer(f->q);
     struct queue_msg m[2];
     assert_int_equal(fetch(c, m, 2, 2000), 1);
-    int64_t t0 = mono_ms();
+    int64_t t0 = support_now_ms();
     assert_int_equal(queue_nak(&m[0], 400), IOT_OK);
     queue_msg_release(&m[0]);
     assert_int_equal(fetch(c, m, 2, 150), 0); /* not before the delay */
     assert_int_equal(fetch(c, m, 2, 3000), 1);
-    assert_true(mono_ms() - t0 >= 350);
+    assert_true(support_now_ms() - t0 >= 350);
     assert_int_equal(m[0].seq, seq);
     assert_int_equal(m[0].deliveries, 2);
     ack_release(&m[0]);
     queue_consumer_free(c);
-    fx_drop(&f);
 }
 
 static void test_term_stops_redelivery(void **state)
 {
-    (void)state;
-    struct fx f;
-    fx_init(&f, NULL);
-    f.o.ack_wait_ms = 300;
-    fx_open(&f);
-    publish_one(f.q, "status", "{}", NULL);
-    publish_one(f.q, "status", "{}", NULL);
-    struct queue_consumer *c = consumer(f.q);
+    struct fx *f = *state;
+    f->o.ack_wait_ms = 300;
+    fx_open(f);
+    publish_one(f->q, "status", "{}", NULL);
+    publish_one(f->q, "status", "{}", NULL);
+    struct queue_consumer *c = consumer(f->q);
     struct queue_msg m[2];
     assert_int_equal(fetch(c, m, 2, 2000), 2);
     assert_int_equal(queue_term(&m[0]), IOT_OK);
@@ -559,19 +579,16 @@ static void test_term_stops_redelivery(void **state)
     assert_int_equal(fetch(c, r, 2, 700), 0);
     assert_true(second > 0);
     queue_consumer_free(c);
-    fx_drop(&f);
 }
 
 static void test_max_deliver(void **state)
 {
-    (void)state;
-    struct fx f;
-    fx_init(&f, NULL);
-    f.o.max_deliver = 2;
-    fx_open(&f);
-    assert_int_equal(queue_max_deliver(f.q), 2);
-    publish_one(f.q, "status", "{}", NULL);
-    struct queue_consumer *c = consumer(f.q);
+    struct fx *f = *state;
+    f->o.max_deliver = 2;
+    fx_open(f);
+    assert_int_equal(queue_max_deliver(f->q), 2);
+    publish_one(f->q, "status", "{}", NULL);
+    struct queue_consumer *c = consumer(f->q);
     struct queue_msg m[1];
     for (uint64_t d = 1; d <= 2; d++) {
         assert_int_equal(fetch(c, m, 1, 2000), 1);
@@ -581,27 +598,24 @@ static void test_max_deliver(void **state)
     }
     assert_int_equal(fetch(c, m, 1, 700), 0);
     queue_consumer_free(c);
-    fx_drop(&f);
 }
 
 static void test_in_progress_extends(void **state)
 {
-    (void)state;
-    struct fx f;
-    fx_init(&f, NULL);
-    f.o.ack_wait_ms = 1000;
-    fx_open(&f);
+    struct fx *f = *state;
+    f->o.ack_wait_ms = 1000;
+    fx_open(f);
     uint64_t s1, s2;
-    publish_one(f.q, "status", "{\"a\":1}", &s1);
-    publish_one(f.q, "status", "{\"a\":2}", &s2);
-    struct queue_consumer *c = consumer(f.q);
-    struct queue_consumer *other = consumer(f.q);
+    publish_one(f->q, "status", "{\"a\":1}", &s1);
+    publish_one(f->q, "status", "{\"a\":2}", &s2);
+    struct queue_consumer *c = consumer(f->q);
+    struct queue_consumer *other = consumer(f->q);
     struct queue_msg m[2], r[2];
     assert_int_equal(fetch(c, m, 2, 2000), 2);
     /* m[0] is kept alive with in-progress; m[1] (the control) is left alone */
-    sleep_ms(600);
+    support_sleep_ms(600);
     assert_int_equal(queue_in_progress(&m[0]), IOT_OK);
-    sleep_ms(650);
+    support_sleep_ms(650);
     size_t n = fetch(other, r, 2, 600);
     assert_int_equal(n, 1);
     assert_int_equal(r[0].seq, s2);
@@ -612,15 +626,11 @@ static void test_in_progress_extends(void **state)
     assert_int_equal(fetch(other, r, 2, 300), 0);
     queue_consumer_free(c);
     queue_consumer_free(other);
-    fx_drop(&f);
 }
 
 static void test_batch_publish(void **state)
 {
-    (void)state;
-    struct fx f;
-    fx_init(&f, NULL);
-    fx_open(&f);
+    struct fx *f = *state;
     struct iot_error err = {0};
     enum { N = 100 };
     static struct queue_publication p[N];
@@ -630,25 +640,25 @@ static void test_batch_publish(void **state)
         p[i] = (struct queue_publication){
             .kind = i % 2 ? "status" : "provision", .data = bodies[i], .len = strlen(bodies[i])};
     }
-    int64_t t0 = mono_ms();
-    enum iot_err rc = queue_publish(f.q, p, N, &err);
-    int64_t bulk = mono_ms() - t0;
+    int64_t t0 = support_now_ms();
+    enum iot_err rc = queue_publish(f->q, p, N, &err);
+    int64_t bulk = support_now_ms() - t0;
     if (rc != IOT_OK)
         fail_msg("batch: %s", err.msg);
     for (int i = 1; i < N; i++)
         assert_true(p[i].seq > p[i - 1].seq); /* distinct, in publication order */
     assert_true(p[0].seq > 0);
 
-    t0 = mono_ms();
+    t0 = support_now_ms();
     for (int i = 0; i < 20; i++)
-        publish_one(f.q, "status", "{}", NULL);
-    int64_t single20 = mono_ms() - t0;
+        publish_one(f->q, "status", "{}", NULL);
+    int64_t single20 = support_now_ms() - t0;
     print_message("publish: 100 in one call %lld ms; single publish %.2f ms each\n",
                   (long long)bulk, (double)single20 / 20);
     assert_true(bulk < 1000);
     assert_true(single20 < 1000);
 
-    struct queue_consumer *c = consumer(f.q);
+    struct queue_consumer *c = consumer(f->q);
     struct queue_msg m[64];
     size_t got = 0;
     while (got < N + 20) {
@@ -663,55 +673,50 @@ static void test_batch_publish(void **state)
     }
     assert_int_equal(got, N + 20);
     queue_consumer_free(c);
-    fx_drop(&f);
 }
 
 /* A server that goes away and comes back with the same store: publishes fail after about
  * publish_timeout_ms while it is down, nothing stored is lost, and the queue recovers. */
 static void test_restart(void **state)
 {
-    (void)state;
-    struct natsd d = {0};
-    char url[64];
-    struct fx f;
+    struct own *o = *state;
+    struct fx *f = &o->f;
     struct iot_error err = {0};
-    natsd_start(&d);
-    natsd_url(&d, url, sizeof url);
-    fx_init(&f, url);
-    f.o.publish_timeout_ms = 800;
-    fx_open(&f);
+    natsd_start(&o->d);
+    f->o.publish_timeout_ms = 800;
+    fx_open(f);
     uint64_t seqs[3];
     for (int i = 0; i < 3; i++)
-        publish_one(f.q, "provision", "{}", &seqs[i]);
-    struct queue_consumer *c = consumer(f.q);
+        publish_one(f->q, "provision", "{}", &seqs[i]);
+    struct queue_consumer *c = consumer(f->q);
 
-    natsd_stop(&d);
-    int64_t deadline = mono_ms() + 3000;
-    while (queue_health(f.q, &err) == IOT_OK) {
-        assert_true(mono_ms() < deadline);
-        sleep_ms(10);
+    natsd_stop(&o->d);
+    int64_t deadline = support_now_ms() + 3000;
+    while (queue_health(f->q, &err) == IOT_OK) {
+        assert_true(support_now_ms() < deadline);
+        support_sleep_ms(10);
     }
-    assert_int_equal(queue_health(f.q, &err), IOT_ERR_UNAVAILABLE);
+    assert_int_equal(queue_health(f->q, &err), IOT_ERR_UNAVAILABLE);
 
-    int64_t t0 = mono_ms();
+    int64_t t0 = support_now_ms();
     struct queue_publication p = {.kind = "status", .data = "{}", .len = 2};
-    assert_int_equal(queue_publish(f.q, &p, 1, &err), IOT_ERR_UNAVAILABLE);
-    int64_t took = mono_ms() - t0;
+    assert_int_equal(queue_publish(f->q, &p, 1, &err), IOT_ERR_UNAVAILABLE);
+    int64_t took = support_now_ms() - t0;
     assert_true(took >= 700 && took < 2500);
     assert_non_null(strstr(err.msg, "800 ms"));
     struct queue_publication two[2] = {{.kind = "status", .data = "{}", .len = 2},
                                        {.kind = "status", .data = "{}", .len = 2}};
-    assert_int_equal(queue_publish(f.q, two, 2, &err), IOT_ERR_UNAVAILABLE);
+    assert_int_equal(queue_publish(f->q, two, 2, &err), IOT_ERR_UNAVAILABLE);
 
-    t0 = mono_ms();
+    t0 = support_now_ms();
     struct queue_msg m[8];
     size_t n = 99;
     assert_int_equal(queue_fetch(c, m, 8, 1000, &n, &err), IOT_ERR_UNAVAILABLE);
     assert_int_equal(n, 0);
-    assert_true(mono_ms() - t0 < 100); /* fails fast, does not wait for its timeout */
+    assert_true(support_now_ms() - t0 < 100); /* fails fast, does not wait for its timeout */
 
-    natsd_start(&d); /* same port, same store */
-    assert_int_equal(queue_wait_ready(f.q, 10000, &err), IOT_OK);
+    natsd_start(&o->d); /* same port, same store */
+    assert_int_equal(queue_wait_ready(f->q, 10000, &err), IOT_OK);
     n = fetch(c, m, 8, 2000);
     assert_int_equal(n, 3);
     for (size_t i = 0; i < n; i++) {
@@ -719,50 +724,87 @@ static void test_restart(void **state)
         ack_release(&m[i]);
     }
     uint64_t after;
-    publish_one(f.q, "status", "{}", &after);
+    publish_one(f->q, "status", "{}", &after);
     assert_true(after > seqs[2]);
     queue_consumer_free(c);
-    fx_close(&f);
-    natsd_destroy(&d);
+}
+
+/* Fetches from `c`, expecting exactly the message `seq` (within 2 s), and acks it. */
+static void fetch_only(struct queue_consumer *c, uint64_t seq)
+{
+    struct queue_msg m[2];
+    assert_int_equal(fetch(c, m, 2, 2000), 1);
+    assert_int_equal(m[0].seq, seq);
+    ack_release(&m[0]);
 }
 
 /* A stream deleted under a running queue (or a server that lost its store) is re-created by
  * the next publish, within its timeout; existing consumer handles keep working. */
 static void test_deleted_stream_recreated(void **state)
 {
-    (void)state;
-    struct fx f;
-    fx_init(&f, NULL);
-    fx_open(&f);
-    struct queue_consumer *c = consumer(f.q);
-    assert_int_equal(js_DeleteStream(g.js, f.stream, NULL, NULL), NATS_OK);
+    struct fx *f = *state;
+    struct queue_consumer *c = consumer(f->q);
+    assert_int_equal(js_DeleteStream(g.js, f->stream, NULL, NULL), NATS_OK);
     uint64_t seq;
-    publish_one(f.q, "status", "{\"after\":1}", &seq);
+    publish_one(f->q, "status", "{\"after\":1}", &seq);
     assert_int_equal(seq, 1); /* a new stream */
-    struct queue_msg m[2];
-    assert_int_equal(fetch(c, m, 2, 2000), 1);
-    assert_int_equal(m[0].seq, seq);
-    ack_release(&m[0]);
+    fetch_only(c, seq);
     queue_consumer_free(c);
-    fx_drop(&f);
+}
+
+/* The options that the queue applies to existing streams and consumers too. */
+struct limits {
+    int64_t ack_wait_ms;
+    int max_deliver;
+    int max_ack_pending;
+    int64_t lease_ttl_ms;
+};
+
+static void fx_open_with(struct fx *f, const struct limits *l)
+{
+    f->o.ack_wait_ms = l->ack_wait_ms;
+    f->o.max_deliver = l->max_deliver;
+    f->o.max_ack_pending = l->max_ack_pending;
+    f->o.lease_ttl_ms = l->lease_ttl_ms;
+    fx_open(f);
+}
+
+/* The KV bucket's stream keeps one entry per key, each for `max_age_ms` (0: for ever). */
+static void assert_bucket(const char *bucket, int64_t max_age_ms)
+{
+    char kv[80];
+    jsStreamInfo *si = NULL;
+    snprintf(kv, sizeof kv, "KV_%s", bucket);
+    assert_int_equal(js_GetStreamInfo(&si, g.js, kv, NULL, NULL), NATS_OK);
+    assert_int_equal(si->Config->MaxAge, max_age_ms * NS_PER_MS);
+    assert_int_equal(si->Config->MaxMsgsPerSubject, 1);
+    jsStreamInfo_Destroy(si);
+}
+
+/* The server holds `l` in the consumer and the lease bucket. */
+static void assert_limits(const struct fx *f, const struct limits *l)
+{
+    jsConsumerInfo *ci = NULL;
+    assert_int_equal(js_GetConsumerInfo(&ci, g.js, f->stream, f->consumer, NULL, NULL), NATS_OK);
+    assert_int_equal(ci->Config->AckPolicy, js_AckExplicit);
+    assert_int_equal(ci->Config->DeliverPolicy, js_DeliverAll);
+    assert_int_equal(ci->Config->AckWait, l->ack_wait_ms * NS_PER_MS);
+    assert_int_equal(ci->Config->MaxDeliver, l->max_deliver);
+    assert_int_equal(ci->Config->MaxAckPending, l->max_ack_pending);
+    jsConsumerInfo_Destroy(ci);
+    assert_bucket(f->lease_bucket, l->lease_ttl_ms);
 }
 
 static void test_settings_created_and_updated(void **state)
 {
-    (void)state;
-    struct fx f;
-    fx_init(&f, NULL);
-    f.o.ack_wait_ms = 12000;
-    f.o.max_deliver = 9;
-    f.o.max_ack_pending = 300;
-    f.o.lease_ttl_ms = 4000;
-    fx_open(&f);
+    struct fx *f = *state;
+    static const struct limits created = {12000, 9, 300, 4000}, updated = {45000, 7, 500, 6000};
+    fx_open_with(f, &created);
 
     jsStreamInfo *si = NULL;
-    jsConsumerInfo *ci = NULL;
-    char subj[80], kv[80];
-    assert_int_equal(js_GetStreamInfo(&si, g.js, f.stream, NULL, NULL), NATS_OK);
-    snprintf(subj, sizeof subj, "%s.>", f.prefix);
+    char subj[80];
+    assert_int_equal(js_GetStreamInfo(&si, g.js, f->stream, NULL, NULL), NATS_OK);
+    snprintf(subj, sizeof subj, "%s.>", f->prefix);
     assert_int_equal(si->Config->SubjectsLen, 1);
     assert_string_equal(si->Config->Subjects[0], subj);
     assert_int_equal(si->Config->Retention, js_WorkQueuePolicy);
@@ -770,13 +812,7 @@ static void test_settings_created_and_updated(void **state)
     assert_int_equal(si->Config->Duplicates, (int64_t)120 * 1000 * NS_PER_MS);
     jsStreamInfo_Destroy(si);
 
-    assert_int_equal(js_GetConsumerInfo(&ci, g.js, f.stream, f.consumer, NULL, NULL), NATS_OK);
-    assert_int_equal(ci->Config->AckPolicy, js_AckExplicit);
-    assert_int_equal(ci->Config->DeliverPolicy, js_DeliverAll);
-    assert_int_equal(ci->Config->AckWait, 12000 * NS_PER_MS);
-    assert_int_equal(ci->Config->MaxDeliver, 9);
-    assert_int_equal(ci->Config->MaxAckPending, 300);
-    jsConsumerInfo_Destroy(ci);
+    assert_limits(f, &created);
 
     assert_int_equal(js_GetStreamInfo(&si, g.js, "IOT_MANAGER_DLQ", NULL, NULL), NATS_OK);
     assert_string_equal(si->Config->Subjects[0], "iot-manager.dlq.>");
@@ -784,59 +820,32 @@ static void test_settings_created_and_updated(void **state)
     assert_true(si->Config->AllowDirect);
     jsStreamInfo_Destroy(si);
 
-    snprintf(kv, sizeof kv, "KV_%s", f.lease_bucket);
-    assert_int_equal(js_GetStreamInfo(&si, g.js, kv, NULL, NULL), NATS_OK);
-    assert_int_equal(si->Config->MaxAge, 4000 * NS_PER_MS);
-    assert_int_equal(si->Config->MaxMsgsPerSubject, 1);
-    jsStreamInfo_Destroy(si);
-    snprintf(kv, sizeof kv, "KV_%s", f.state_bucket);
-    assert_int_equal(js_GetStreamInfo(&si, g.js, kv, NULL, NULL), NATS_OK);
-    assert_int_equal(si->Config->MaxAge, 0);
-    assert_int_equal(si->Config->MaxMsgsPerSubject, 1);
-    jsStreamInfo_Destroy(si);
+    assert_bucket(f->state_bucket, 0);
 
     /* a message stored before the change must survive it */
     uint64_t seq;
-    publish_one(f.q, "status", "{}", &seq);
-    fx_close(&f);
+    publish_one(f->q, "status", "{}", &seq);
+    fx_close(f);
 
-    f.o.ack_wait_ms = 45000;
-    f.o.max_deliver = 7;
-    f.o.max_ack_pending = 500;
-    f.o.lease_ttl_ms = 6000;
-    fx_open(&f);
-    assert_int_equal(js_GetConsumerInfo(&ci, g.js, f.stream, f.consumer, NULL, NULL), NATS_OK);
-    assert_int_equal(ci->Config->AckWait, 45000 * NS_PER_MS);
-    assert_int_equal(ci->Config->MaxDeliver, 7);
-    assert_int_equal(ci->Config->MaxAckPending, 500);
-    jsConsumerInfo_Destroy(ci);
-    snprintf(kv, sizeof kv, "KV_%s", f.lease_bucket);
-    assert_int_equal(js_GetStreamInfo(&si, g.js, kv, NULL, NULL), NATS_OK);
-    assert_int_equal(si->Config->MaxAge, 6000 * NS_PER_MS);
-    jsStreamInfo_Destroy(si);
+    fx_open_with(f, &updated);
+    assert_limits(f, &updated);
 
-    struct queue_consumer *c = consumer(f.q);
-    struct queue_msg m[2];
-    assert_int_equal(fetch(c, m, 2, 2000), 1);
-    assert_int_equal(m[0].seq, seq);
-    ack_release(&m[0]);
+    struct queue_consumer *c = consumer(f->q);
+    fetch_only(c, seq);
     queue_consumer_free(c);
-    fx_drop(&f);
 }
 
 static void test_immutable_mismatch(void **state)
 {
-    (void)state;
-    struct fx f;
+    struct fx *f = *state;
     struct iot_error err = {0};
-    fx_init(&f, NULL);
     char subj[80];
-    snprintf(subj, sizeof subj, "%s.>", f.prefix);
+    snprintf(subj, sizeof subj, "%s.>", f->prefix);
     const char *subjects[] = {subj};
     jsStreamConfig sc;
     jsStreamInfo *si = NULL;
     jsStreamConfig_Init(&sc);
-    sc.Name = f.stream;
+    sc.Name = f->stream;
     sc.Subjects = subjects;
     sc.SubjectsLen = 1;
     sc.Retention = js_WorkQueuePolicy;
@@ -844,21 +853,20 @@ static void test_immutable_mismatch(void **state)
     assert_int_equal(js_AddStream(&si, g.js, &sc, NULL, NULL), NATS_OK);
     jsStreamInfo_Destroy(si);
 
-    assert_int_equal(queue_open(&f.o, &f.q, &err), IOT_OK);
-    assert_int_equal(queue_wait_ready(f.q, 10000, &err), IOT_ERR_CONFIG);
-    assert_int_equal(queue_health(f.q, &err), IOT_ERR_CONFIG);
-    assert_non_null(strstr(err.msg, f.stream));
+    assert_int_equal(queue_open(&f->o, &f->q, &err), IOT_OK);
+    assert_int_equal(queue_wait_ready(f->q, 10000, &err), IOT_ERR_CONFIG);
+    assert_int_equal(queue_health(f->q, &err), IOT_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, f->stream));
     assert_non_null(strstr(err.msg, "storage"));
     assert_non_null(strstr(err.msg, "memory"));
     struct queue_publication p = {.kind = "status", .data = "{}", .len = 2};
-    assert_int_equal(queue_publish(f.q, &p, 1, &err), IOT_ERR_CONFIG);
+    assert_int_equal(queue_publish(f->q, &p, 1, &err), IOT_ERR_CONFIG);
     /* the set-up stopped: it stays CONFIG and the stream was not touched */
-    sleep_ms(300);
-    assert_int_equal(queue_health(f.q, &err), IOT_ERR_CONFIG);
-    assert_int_equal(js_GetStreamInfo(&si, g.js, f.stream, NULL, NULL), NATS_OK);
+    support_sleep_ms(300);
+    assert_int_equal(queue_health(f->q, &err), IOT_ERR_CONFIG);
+    assert_int_equal(js_GetStreamInfo(&si, g.js, f->stream, NULL, NULL), NATS_OK);
     assert_int_equal(si->Config->Storage, js_MemoryStorage);
     jsStreamInfo_Destroy(si);
-    fx_drop(&f);
 }
 
 struct dlq_seen {
@@ -891,29 +899,26 @@ static void dlq_list(struct queue *q, struct dlq_seen *s)
 
 static void test_dead_letters(void **state)
 {
-    (void)state;
-    struct fx f;
+    struct fx *f = *state;
     struct iot_error err = {0};
-    fx_init(&f, NULL);
-    fx_open(&f);
     /* the shared DLQ may hold leftovers of an earlier run against the same server */
     js_PurgeStream(g.js, "IOT_MANAGER_DLQ", NULL, NULL);
 
     uint64_t s1, s2;
-    publish_one(f.q, "provision", "{\"d\":1}", &s1);
-    publish_one(f.q, "status", "{\"d\":2}", &s2);
-    struct queue_consumer *c = consumer(f.q);
+    publish_one(f->q, "provision", "{\"d\":1}", &s1);
+    publish_one(f->q, "status", "{\"d\":2}", &s2);
+    struct queue_consumer *c = consumer(f->q);
     struct queue_msg m[2];
     assert_int_equal(fetch(c, m, 2, 2000), 2);
     int64_t before = wall_ms();
-    assert_int_equal(queue_dead_letter(f.q, &m[0], "hub said 401\r\nx", &err), IOT_OK);
-    assert_int_equal(queue_dead_letter(f.q, &m[0], "again", &err), IOT_OK); /* deduplicated */
-    assert_int_equal(queue_dead_letter(f.q, &m[1], "invalid device id", &err), IOT_OK);
+    assert_int_equal(queue_dead_letter(f->q, &m[0], "hub said 401\r\nx", &err), IOT_OK);
+    assert_int_equal(queue_dead_letter(f->q, &m[0], "again", &err), IOT_OK); /* deduplicated */
+    assert_int_equal(queue_dead_letter(f->q, &m[1], "invalid device id", &err), IOT_OK);
     ack_release(&m[0]);
     ack_release(&m[1]);
 
     struct dlq_seen s;
-    dlq_list(f.q, &s);
+    dlq_list(f->q, &s);
     assert_int_equal(s.n, 2);
     assert_true(s.e[0].dlq_seq < s.e[1].dlq_seq);
     assert_int_equal(s.e[0].original_seq, s1);
@@ -927,23 +932,23 @@ static void test_dead_letters(void **state)
     assert_string_equal(s.data[1], "{\"d\":2}");
 
     struct queue_stats st;
-    assert_int_equal(queue_stats(f.q, &st, &err), IOT_OK);
+    assert_int_equal(queue_stats(f->q, &st, &err), IOT_OK);
     assert_int_equal(st.dead_letters, 2);
 
     /* an unknown sequence: nothing is replayed */
     uint64_t bad[2] = {s.e[0].dlq_seq, s.e[1].dlq_seq + 1000};
     size_t replayed = 99;
-    assert_int_equal(queue_dlq_replay(f.q, bad, 2, false, &replayed, &err), IOT_ERR_NOT_FOUND);
+    assert_int_equal(queue_dlq_replay(f->q, bad, 2, false, &replayed, &err), IOT_ERR_NOT_FOUND);
     assert_int_equal(replayed, 0);
     assert_non_null(strstr(err.msg, "not found"));
     struct queue_msg r[2];
     assert_int_equal(fetch(c, r, 2, 200), 0);
-    dlq_list(f.q, &s);
+    dlq_list(f->q, &s);
     assert_int_equal(s.n, 2);
 
     /* replay one: a new, higher sequence; gone from the DLQ */
     uint64_t one = s.e[0].dlq_seq;
-    assert_int_equal(queue_dlq_replay(f.q, &one, 1, false, &replayed, &err), IOT_OK);
+    assert_int_equal(queue_dlq_replay(f->q, &one, 1, false, &replayed, &err), IOT_OK);
     assert_int_equal(replayed, 1);
     assert_int_equal(fetch(c, r, 2, 2000), 1);
     assert_true(r[0].seq > s2);
@@ -953,24 +958,23 @@ static void test_dead_letters(void **state)
     assert_int_equal(r[0].deliveries, 1);
     uint64_t first_replay = r[0].seq;
     ack_release(&r[0]);
-    dlq_list(f.q, &s);
+    dlq_list(f->q, &s);
     assert_int_equal(s.n, 1);
     assert_int_equal(s.e[0].original_seq, s2);
 
     /* replay all */
-    assert_int_equal(queue_dlq_replay(f.q, NULL, 0, true, &replayed, &err), IOT_OK);
+    assert_int_equal(queue_dlq_replay(f->q, NULL, 0, true, &replayed, &err), IOT_OK);
     assert_int_equal(replayed, 1);
     assert_int_equal(fetch(c, r, 2, 2000), 1);
     assert_true(r[0].seq > first_replay);
     assert_string_equal(r[0].kind, "status");
     ack_release(&r[0]);
-    dlq_list(f.q, &s);
+    dlq_list(f->q, &s);
     assert_int_equal(s.n, 0);
-    assert_int_equal(queue_stats(f.q, &st, &err), IOT_OK);
+    assert_int_equal(queue_stats(f->q, &st, &err), IOT_OK);
     assert_int_equal(st.dead_letters, 0);
-    assert_int_equal(queue_dlq_replay(f.q, &one, 1, false, &replayed, &err), IOT_ERR_NOT_FOUND);
+    assert_int_equal(queue_dlq_replay(f->q, &one, 1, false, &replayed, &err), IOT_ERR_NOT_FOUND);
     queue_consumer_free(c);
-    fx_drop(&f);
 }
 
 struct cas_writer {
@@ -994,24 +998,21 @@ static void *cas_thread(void *arg)
 
 static void test_state_cas(void **state)
 {
-    (void)state;
-    struct fx f;
+    struct fx *f = *state;
     struct iot_error err = {0};
-    fx_init(&f, NULL);
-    fx_open(&f);
     const char *key = "d.0123abcd";
     char *v = (char *)1;
     size_t len = 1;
     uint64_t rev = 1, r1, r2;
-    assert_int_equal(queue_state_get(f.q, key, &v, &len, &rev, &err), IOT_ERR_NOT_FOUND);
+    assert_int_equal(queue_state_get(f->q, key, &v, &len, &rev, &err), IOT_ERR_NOT_FOUND);
     assert_null(v);
     assert_int_equal(rev, 0);
-    assert_int_equal(queue_state_get(f.q, "bad key", &v, &len, &rev, &err), IOT_ERR_INVALID);
+    assert_int_equal(queue_state_get(f->q, "bad key", &v, &len, &rev, &err), IOT_ERR_INVALID);
 
-    assert_int_equal(queue_state_put(f.q, key, "{\"v\":1}", 7, 0, &r1, &err), IOT_OK);
+    assert_int_equal(queue_state_put(f->q, key, "{\"v\":1}", 7, 0, &r1, &err), IOT_OK);
     assert_true(r1 > 0);
-    assert_int_equal(queue_state_put(f.q, key, "{\"v\":9}", 7, 0, &r2, &err), IOT_ERR_CONFLICT);
-    assert_int_equal(queue_state_get(f.q, key, &v, &len, &rev, &err), IOT_OK);
+    assert_int_equal(queue_state_put(f->q, key, "{\"v\":9}", 7, 0, &r2, &err), IOT_ERR_CONFLICT);
+    assert_int_equal(queue_state_get(f->q, key, &v, &len, &rev, &err), IOT_OK);
     assert_int_equal(rev, r1);
     assert_int_equal(len, 7);
     assert_string_equal(v, "{\"v\":1}");
@@ -1020,8 +1021,8 @@ static void test_state_cas(void **state)
     /* two writers, same expected revision: exactly one wins */
     pthread_barrier_t barrier;
     pthread_barrier_init(&barrier, NULL, 2);
-    struct cas_writer w[2] = {{f.q, &barrier, r1, "{\"v\":\"A\"}", IOT_OK, 0},
-                              {f.q, &barrier, r1, "{\"v\":\"B\"}", IOT_OK, 0}};
+    struct cas_writer w[2] = {{f->q, &barrier, r1, "{\"v\":\"A\"}", IOT_OK, 0},
+                              {f->q, &barrier, r1, "{\"v\":\"B\"}", IOT_OK, 0}};
     pthread_t t[2];
     for (int i = 0; i < 2; i++)
         pthread_create(&t[i], NULL, cas_thread, &w[i]);
@@ -1032,65 +1033,61 @@ static void test_state_cas(void **state)
     struct cas_writer *win = w[0].rc == IOT_OK ? &w[0] : &w[1];
     struct cas_writer *lose = w[0].rc == IOT_OK ? &w[1] : &w[0];
     assert_int_equal(lose->rc, IOT_ERR_CONFLICT);
-    assert_int_equal(queue_state_get(f.q, key, &v, &len, &rev, &err), IOT_OK);
+    assert_int_equal(queue_state_get(f->q, key, &v, &len, &rev, &err), IOT_OK);
     assert_int_equal(rev, win->rev);
     assert_string_equal(v, win->value);
     free(v);
 
     /* a stale revision is refused, the current one accepted */
-    assert_int_equal(queue_state_put(f.q, key, "{}", 2, r1, &r2, &err), IOT_ERR_CONFLICT);
-    assert_int_equal(queue_state_put(f.q, key, "{}", 2, win->rev, &r2, &err), IOT_OK);
+    assert_int_equal(queue_state_put(f->q, key, "{}", 2, r1, &r2, &err), IOT_ERR_CONFLICT);
+    assert_int_equal(queue_state_put(f->q, key, "{}", 2, win->rev, &r2, &err), IOT_OK);
     assert_true(r2 > win->rev);
-    fx_drop(&f);
 }
 
 static void test_leases(void **state)
 {
-    (void)state;
-    struct fx f;
+    struct fx *f = *state;
     struct iot_error err = {0};
-    fx_init(&f, NULL);
-    f.o.lease_ttl_ms = 1000;
-    fx_open(&f);
+    f->o.lease_ttl_ms = 1000;
+    fx_open(f);
     uint64_t ra, rb, old;
 
-    assert_int_equal(queue_lease_acquire(f.q, "d.a", "worker-a", &ra, &err), IOT_OK);
-    assert_int_equal(queue_lease_acquire(f.q, "d.a", "worker-b", &rb, &err), IOT_ERR_CONFLICT);
+    assert_int_equal(queue_lease_acquire(f->q, "d.a", "worker-a", &ra, &err), IOT_OK);
+    assert_int_equal(queue_lease_acquire(f->q, "d.a", "worker-b", &rb, &err), IOT_ERR_CONFLICT);
     assert_int_equal(rb, 0);
     old = ra;
-    assert_int_equal(queue_lease_renew(f.q, "d.a", "worker-a", &ra, &err), IOT_OK);
+    assert_int_equal(queue_lease_renew(f->q, "d.a", "worker-a", &ra, &err), IOT_OK);
     assert_true(ra > old);
     uint64_t stale = old;
-    assert_int_equal(queue_lease_renew(f.q, "d.a", "worker-a", &stale, &err), IOT_ERR_CONFLICT);
+    assert_int_equal(queue_lease_renew(f->q, "d.a", "worker-a", &stale, &err), IOT_ERR_CONFLICT);
     /* releasing with a stale revision does not remove the current holder's lease */
-    assert_int_equal(queue_lease_release(f.q, "d.a", old, &err), IOT_OK);
-    assert_int_equal(queue_lease_acquire(f.q, "d.a", "worker-b", &rb, &err), IOT_ERR_CONFLICT);
-    assert_int_equal(queue_lease_release(f.q, "d.a", ra, &err), IOT_OK);
-    assert_int_equal(queue_lease_acquire(f.q, "d.a", "worker-b", &rb, &err), IOT_OK);
+    assert_int_equal(queue_lease_release(f->q, "d.a", old, &err), IOT_OK);
+    assert_int_equal(queue_lease_acquire(f->q, "d.a", "worker-b", &rb, &err), IOT_ERR_CONFLICT);
+    assert_int_equal(queue_lease_release(f->q, "d.a", ra, &err), IOT_OK);
+    assert_int_equal(queue_lease_acquire(f->q, "d.a", "worker-b", &rb, &err), IOT_OK);
     /* worker-a's renew after losing it */
-    assert_int_equal(queue_lease_renew(f.q, "d.a", "worker-a", &ra, &err), IOT_ERR_CONFLICT);
-    assert_int_equal(queue_lease_release(f.q, "d.a", rb, &err), IOT_OK);
-    assert_int_equal(queue_lease_release(f.q, "d.a", rb, &err), IOT_OK); /* already gone */
+    assert_int_equal(queue_lease_renew(f->q, "d.a", "worker-a", &ra, &err), IOT_ERR_CONFLICT);
+    assert_int_equal(queue_lease_release(f->q, "d.a", rb, &err), IOT_OK);
+    assert_int_equal(queue_lease_release(f->q, "d.a", rb, &err), IOT_OK); /* already gone */
 
     /* d.x expires by itself; d.y is kept by renewing */
     uint64_t rx, ry, r;
-    assert_int_equal(queue_lease_acquire(f.q, "d.x", "dead", &rx, &err), IOT_OK);
-    assert_int_equal(queue_lease_acquire(f.q, "d.y", "alive", &ry, &err), IOT_OK);
-    int64_t t0 = mono_ms();
+    assert_int_equal(queue_lease_acquire(f->q, "d.x", "dead", &rx, &err), IOT_OK);
+    assert_int_equal(queue_lease_acquire(f->q, "d.y", "alive", &ry, &err), IOT_OK);
+    int64_t t0 = support_now_ms();
     for (int i = 0; i < 4; i++) {
-        sleep_ms(400);
-        assert_int_equal(queue_lease_renew(f.q, "d.y", "alive", &ry, &err), IOT_OK);
+        support_sleep_ms(400);
+        assert_int_equal(queue_lease_renew(f->q, "d.y", "alive", &ry, &err), IOT_OK);
     }
-    assert_true(mono_ms() - t0 >= 1500);
-    assert_int_equal(queue_lease_acquire(f.q, "d.y", "other", &r, &err), IOT_ERR_CONFLICT);
-    int64_t deadline = mono_ms() + 3000;
-    while (queue_lease_acquire(f.q, "d.x", "other", &r, &err) != IOT_OK) {
+    assert_true(support_now_ms() - t0 >= 1500);
+    assert_int_equal(queue_lease_acquire(f->q, "d.y", "other", &r, &err), IOT_ERR_CONFLICT);
+    int64_t deadline = support_now_ms() + 3000;
+    while (queue_lease_acquire(f->q, "d.x", "other", &r, &err) != IOT_OK) {
         assert_int_equal(err.code, IOT_ERR_CONFLICT);
-        assert_true(mono_ms() < deadline);
-        sleep_ms(100);
+        assert_true(support_now_ms() < deadline);
+        support_sleep_ms(100);
     }
-    assert_int_equal(queue_lease_renew(f.q, "d.x", "dead", &rx, &err), IOT_ERR_CONFLICT);
-    fx_drop(&f);
+    assert_int_equal(queue_lease_renew(f->q, "d.x", "dead", &rx, &err), IOT_ERR_CONFLICT);
 }
 
 struct worker {
@@ -1148,17 +1145,14 @@ static int cmp_u64(const void *a, const void *b)
 
 static void test_concurrent_consumers(void **state)
 {
-    (void)state;
-    struct fx f;
+    struct fx *f = *state;
     struct iot_error err = {0};
-    fx_init(&f, NULL);
-    fx_open(&f);
     enum { N = 200, THREADS = 4 };
     static struct queue_publication p[N];
     for (int i = 0; i < N; i++)
         p[i] = (struct queue_publication){.kind = "status", .data = "{}", .len = 2};
-    assert_int_equal(queue_publish(f.q, p, N / 2, &err), IOT_OK);
-    assert_int_equal(queue_publish(f.q, p + N / 2, N / 2, &err), IOT_OK);
+    assert_int_equal(queue_publish(f->q, p, N / 2, &err), IOT_OK);
+    assert_int_equal(queue_publish(f->q, p + N / 2, N / 2, &err), IOT_OK);
 
     static uint64_t seqs[N + 10];
     size_t count = 0;
@@ -1166,7 +1160,7 @@ static void test_concurrent_consumers(void **state)
     struct worker w[THREADS];
     pthread_t t[THREADS];
     for (int i = 0; i < THREADS; i++) {
-        w[i] = (struct worker){f.q, &mu, seqs, &count, N, 0};
+        w[i] = (struct worker){f->q, &mu, seqs, &count, N, 0};
         pthread_create(&t[i], NULL, worker_thread, &w[i]);
     }
     for (int i = 0; i < THREADS; i++)
@@ -1179,24 +1173,20 @@ static void test_concurrent_consumers(void **state)
         assert_true(seqs[i] != seqs[i - 1]);
     assert_int_equal(seqs[0], p[0].seq);
     assert_int_equal(seqs[N - 1], p[N - 1].seq);
-    fx_drop(&f);
 }
 
 static void test_stats(void **state)
 {
-    (void)state;
-    struct fx f;
+    struct fx *f = *state;
     struct iot_error err = {0};
-    fx_init(&f, NULL);
-    fx_open(&f);
     for (int i = 0; i < 4; i++)
-        publish_one(f.q, "status", "{}", NULL);
+        publish_one(f->q, "status", "{}", NULL);
     struct queue_stats st;
-    assert_int_equal(queue_stats(f.q, &st, &err), IOT_OK);
+    assert_int_equal(queue_stats(f->q, &st, &err), IOT_OK);
     assert_int_equal(st.pending, 4);
     assert_int_equal(st.ack_pending, 0);
 
-    struct queue_consumer *c = consumer(f.q);
+    struct queue_consumer *c = consumer(f->q);
     struct queue_msg m[4];
     assert_int_equal(fetch(c, m, 2, 2000), 2);
     ack_release(&m[0]);
@@ -1213,49 +1203,48 @@ static void test_stats(void **state)
         redelivered += m[i].deliveries == 2;
     assert_int_equal(redelivered, 1);
     /* acks are asynchronous: the server's counters catch up within moments */
-    int64_t deadline = mono_ms() + 2000;
+    int64_t deadline = support_now_ms() + 2000;
     for (;;) {
-        assert_int_equal(queue_stats(f.q, &st, &err), IOT_OK);
+        assert_int_equal(queue_stats(f->q, &st, &err), IOT_OK);
         if (st.pending == 0 && st.ack_pending == 3 && st.redelivered == 1)
             break;
-        assert_true(mono_ms() < deadline);
-        sleep_ms(20);
+        assert_true(support_now_ms() < deadline);
+        support_sleep_ms(20);
     }
     for (size_t i = 0; i < got; i++)
         ack_release(&m[i]);
-    deadline = mono_ms() + 2000;
+    deadline = support_now_ms() + 2000;
     for (;;) {
-        assert_int_equal(queue_stats(f.q, &st, &err), IOT_OK);
+        assert_int_equal(queue_stats(f->q, &st, &err), IOT_OK);
         if (st.pending == 0 && st.ack_pending == 0)
             break;
-        assert_true(mono_ms() < deadline);
-        sleep_ms(20);
+        assert_true(support_now_ms() < deadline);
+        support_sleep_ms(20);
     }
     queue_consumer_free(c);
-    fx_drop(&f);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_invalid_options),
-        cmocka_unit_test(test_open_before_server),
-        cmocka_unit_test(test_close_while_connecting),
-        cmocka_unit_test(test_roundtrip),
-        cmocka_unit_test(test_nak_with_delay),
-        cmocka_unit_test(test_term_stops_redelivery),
-        cmocka_unit_test(test_max_deliver),
-        cmocka_unit_test(test_in_progress_extends),
-        cmocka_unit_test(test_batch_publish),
-        cmocka_unit_test(test_restart),
-        cmocka_unit_test(test_deleted_stream_recreated),
-        cmocka_unit_test(test_settings_created_and_updated),
-        cmocka_unit_test(test_immutable_mismatch),
-        cmocka_unit_test(test_dead_letters),
-        cmocka_unit_test(test_state_cas),
-        cmocka_unit_test(test_leases),
-        cmocka_unit_test(test_concurrent_consumers),
-        cmocka_unit_test(test_stats),
+        cmocka_unit_test_setup_teardown(test_open_before_server, setup_own, teardown_own),
+        cmocka_unit_test_setup_teardown(test_close_while_connecting, setup_own, teardown_own),
+        cmocka_unit_test_setup_teardown(test_roundtrip, setup_fx_open, teardown_fx),
+        cmocka_unit_test_setup_teardown(test_nak_with_delay, setup_fx_open, teardown_fx),
+        cmocka_unit_test_setup_teardown(test_term_stops_redelivery, setup_fx, teardown_fx),
+        cmocka_unit_test_setup_teardown(test_max_deliver, setup_fx, teardown_fx),
+        cmocka_unit_test_setup_teardown(test_in_progress_extends, setup_fx, teardown_fx),
+        cmocka_unit_test_setup_teardown(test_batch_publish, setup_fx_open, teardown_fx),
+        cmocka_unit_test_setup_teardown(test_restart, setup_own, teardown_own),
+        cmocka_unit_test_setup_teardown(test_deleted_stream_recreated, setup_fx_open, teardown_fx),
+        cmocka_unit_test_setup_teardown(test_settings_created_and_updated, setup_fx, teardown_fx),
+        cmocka_unit_test_setup_teardown(test_immutable_mismatch, setup_fx, teardown_fx),
+        cmocka_unit_test_setup_teardown(test_dead_letters, setup_fx_open, teardown_fx),
+        cmocka_unit_test_setup_teardown(test_state_cas, setup_fx_open, teardown_fx),
+        cmocka_unit_test_setup_teardown(test_leases, setup_fx, teardown_fx),
+        cmocka_unit_test_setup_teardown(test_concurrent_consumers, setup_fx_open, teardown_fx),
+        cmocka_unit_test_setup_teardown(test_stats, setup_fx_open, teardown_fx),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -20,10 +20,14 @@
 
 #include "iot-manager/log.h"
 #include "iot-manager/store.h"
+#include "support/spawn.h"
+#include "support/store_contract.h"
 
 #define ALG_MENDER "AES_256_CFB_HMAC_SHA512"
 
+/* Starts with the shared cases' view of it (see support/store_contract.h). */
 struct fixture {
+    struct store_contract contract; /* contract.st is st */
     const char *url;
     char dbname[64];
     struct store *st;
@@ -35,13 +39,6 @@ static int64_t now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -61,6 +58,7 @@ static int setup(void **state)
     struct iot_error err = {0};
     assert_int_equal(store_mongo_open(&opts, &f->st, &err), IOT_OK);
     assert_string_equal(store_name(f->st), "mongo");
+    f->contract.st = f->st;
 
     /* store_mongo_open ran mongoc_init: the raw client can be made now */
     bson_error_t error;
@@ -224,57 +222,6 @@ static void make_http(struct integration *in, const struct uuid *id, const char 
         seal(&in->credentials.http.secret, ALG_MENDER, false, 0, "hook-sealed");
 }
 
-static void assert_opt_str(const char *a, const char *b)
-{
-    if (!a || !b)
-        assert_ptr_equal(a, b);
-    else
-        assert_string_equal(a, b);
-}
-
-static void assert_secret_equal(const struct secret *a, const struct secret *b)
-{
-    assert_int_equal(a->state, b->state);
-    if (a->state != SECRET_SEALED)
-        return;
-    assert_string_equal(a->algorithm, b->algorithm);
-    assert_int_equal(a->has_key_id, b->has_key_id);
-    if (a->has_key_id)
-        assert_int_equal(a->key_id, b->key_id);
-    assert_int_equal(a->len, b->len);
-    assert_memory_equal(a->data, b->data, a->len);
-}
-
-static void assert_integration_equal(const struct integration *a, const struct integration *b)
-{
-    assert_memory_equal(a->id.b, b->id.b, sizeof a->id.b);
-    assert_string_equal(a->tenant_id, b->tenant_id);
-    assert_int_equal(a->provider, b->provider);
-    assert_opt_str(a->description, b->description);
-    const struct credentials *x = &a->credentials, *y = &b->credentials;
-    assert_int_equal(x->type, y->type);
-    switch (x->type) {
-    case CREDENTIAL_SAS:
-        assert_opt_str(x->sas.hostname, y->sas.hostname);
-        assert_opt_str(x->sas.gateway_hostname, y->sas.gateway_hostname);
-        assert_opt_str(x->sas.name, y->sas.name);
-        assert_opt_str(x->sas.device_id, y->sas.device_id);
-        assert_opt_str(x->sas.module_id, y->sas.module_id);
-        assert_secret_equal(&x->sas.access_key, &y->sas.access_key);
-        break;
-    case CREDENTIAL_AWS:
-        assert_opt_str(x->aws.access_key_id, y->aws.access_key_id);
-        assert_secret_equal(&x->aws.secret_access_key, &y->aws.secret_access_key);
-        assert_opt_str(x->aws.region, y->aws.region);
-        assert_opt_str(x->aws.device_policy_name, y->aws.device_policy_name);
-        break;
-    default:
-        assert_opt_str(x->http.url, y->http.url);
-        assert_secret_equal(&x->http.secret, &y->http.secret);
-        break;
-    }
-}
-
 /* Creates `in` through the port, reads it back by id and compares every field. */
 static void create_and_check(struct fixture *f, const struct integration *in)
 {
@@ -282,7 +229,7 @@ static void create_and_check(struct fixture *f, const struct integration *in)
     struct integration got = {0};
     assert_int_equal(store_integration_create(f->st, in, &err), IOT_OK);
     assert_int_equal(store_integration_get(f->st, in->tenant_id, &in->id, &got, &err), IOT_OK);
-    assert_integration_equal(&got, in);
+    contract_assert_integration_equal(&got, in);
     integration_clear(&got);
 }
 
@@ -341,6 +288,34 @@ static void migrate_ok(struct fixture *f, enum store_migrate_mode mode)
     enum iot_err rc = store_migrate(f->st, mode, &err);
     if (rc != IOT_OK)
         fail_msg("migrate: %s", err.msg);
+}
+
+/* The shared cases' raw check: Mender's layout keeps a device's links in its document. */
+static void check_raw_devices(struct store_contract *c, size_t devices, size_t links)
+{
+    (void)links;
+    assert_int_equal(raw_count((struct fixture *)c, "devices", bson_new()), devices);
+}
+
+/* A device as Mender may have written it: `first` in the legacy UUID subtype. */
+static void seed_legacy_device(struct store_contract *c, const char *tenant, const char *device,
+                               const struct uuid *first, const struct uuid *second)
+{
+    raw_insert((struct fixture *)c, "devices",
+               BCON_NEW("_id", BCON_UTF8(device), "tenant_id", BCON_UTF8(tenant), "integration_ids",
+                        "[", BCON_BIN(BSON_SUBTYPE_UUID_DEPRECATED, first->b, 16),
+                        BCON_BIN(BSON_SUBTYPE_UUID, second->b, 16), "]"));
+}
+
+/* setup() with the schema in place, for the shared cases. */
+static int setup_migrated(void **state)
+{
+    setup(state);
+    struct fixture *f = *state;
+    f->contract.check_raw_devices = check_raw_devices;
+    f->contract.seed_legacy_device = seed_legacy_device;
+    migrate_ok(f, STORE_MIGRATE_CHECK);
+    return 0;
 }
 
 static int cmp_name(const void *a, const void *b)
@@ -446,225 +421,11 @@ static void recorded_versions(struct fixture *f, char *out, size_t cap)
 
 /* ---- device records ---- */
 
-static struct uuid uuid_of(uint8_t first, uint8_t last)
-{
-    struct uuid u;
-    memset(u.b, 0x5a, sizeof u.b);
-    u.b[0] = first;
-    u.b[15] = last;
-    return u;
-}
-
-static void assert_device(struct store *st, const char *tenant, const char *id,
-                          const struct uuid *want, size_t n)
-{
-    struct iot_error err = {0};
-    struct device_record d;
-    enum iot_err rc = store_device_get(st, tenant, id, &d, &err);
-    if (rc != IOT_OK)
-        fail_msg("device_get %s/%s: %s", tenant, id, err.msg);
-    assert_string_equal(d.tenant_id, tenant);
-    assert_string_equal(d.id, id);
-    assert_int_equal(d.n_integrations, n);
-    for (size_t i = 0; i < n; i++)
-        assert_memory_equal(d.integration_ids[i].b, want[i].b, 16);
-    device_record_clear(&d);
-}
-
-static void assert_no_device(struct store *st, const char *tenant, const char *id)
-{
-    struct iot_error err = {0};
-    struct device_record d;
-    assert_int_equal(store_device_get(st, tenant, id, &d, &err), IOT_ERR_NOT_FOUND);
-    assert_string_equal(err.msg, "device not found");
-    assert_null(d.id);
-    assert_null(d.integration_ids);
-}
-
-static int64_t linked(struct store *st, const char *tenant, const struct uuid *id)
-{
-    struct iot_error err = {0};
-    int64_t n = -1;
-    assert_int_equal(store_devices_count_linked(st, tenant, id, &n, &err), IOT_OK);
-    return n;
-}
-
-static void test_device_link_round_trip(void **state)
-{
-    struct fixture *f = *state;
-    struct iot_error err = {0};
-    const struct uuid a = uuid_of(0x11, 1), b = uuid_of(0x11, 2);
-    const struct uuid ab[] = {a, b};
-    migrate_ok(f, STORE_MIGRATE_CHECK);
-
-    assert_no_device(f->st, "t1", "dev-1");
-    assert_int_equal(store_device_link(f->st, "t1", "dev-1", &a, &err), IOT_OK);
-    assert_device(f->st, "t1", "dev-1", &a, 1);
-    /* idempotent, and the links keep the order they were made in */
-    assert_int_equal(store_device_link(f->st, "t1", "dev-1", &a, &err), IOT_OK);
-    assert_device(f->st, "t1", "dev-1", &a, 1);
-    assert_int_equal(store_device_link(f->st, "t1", "dev-1", &b, &err), IOT_OK);
-    assert_int_equal(store_device_link(f->st, "t1", "dev-1", &a, &err), IOT_OK);
-    assert_device(f->st, "t1", "dev-1", ab, 2);
-    assert_int_equal(linked(f->st, "t1", &a), 1);
-    assert_int_equal(linked(f->st, "t1", &b), 1);
-    assert_int_equal(raw_count(f, "devices", bson_new()), 1);
-
-    /* unlink: idempotent, and the record stays even when empty */
-    assert_int_equal(store_device_unlink(f->st, "t1", "dev-1", &a, &err), IOT_OK);
-    assert_device(f->st, "t1", "dev-1", &b, 1);
-    assert_int_equal(store_device_unlink(f->st, "t1", "dev-1", &a, &err), IOT_OK);
-    assert_int_equal(store_device_unlink(f->st, "t1", "dev-1", &b, &err), IOT_OK);
-    assert_device(f->st, "t1", "dev-1", NULL, 0);
-    assert_int_equal(linked(f->st, "t1", &a), 0);
-    /* unlinking an unknown device neither fails nor creates it */
-    assert_int_equal(store_device_unlink(f->st, "t1", "dev-none", &a, &err), IOT_OK);
-    assert_no_device(f->st, "t1", "dev-none");
-
-    assert_int_equal(store_device_link(f->st, "t1", "dev-1", &a, &err), IOT_OK);
-    assert_int_equal(store_device_delete(f->st, "t1", "dev-1", &err), IOT_OK);
-    assert_no_device(f->st, "t1", "dev-1");
-    assert_int_equal(linked(f->st, "t1", &a), 0);
-    assert_int_equal(raw_count(f, "devices", bson_new()), 0);
-    assert_int_equal(store_device_delete(f->st, "t1", "dev-1", &err), IOT_ERR_NOT_FOUND);
-    assert_string_equal(err.msg, "device not found");
-    /* a new link after the delete starts a new record */
-    assert_int_equal(store_device_link(f->st, "t1", "dev-1", &b, &err), IOT_OK);
-    assert_device(f->st, "t1", "dev-1", &b, 1);
-}
-
-static void test_device_tenant_isolation(void **state)
-{
-    struct fixture *f = *state;
-    struct iot_error err = {0};
-    const struct uuid a = uuid_of(0x12, 1), b = uuid_of(0x12, 2);
-    migrate_ok(f, STORE_MIGRATE_CHECK);
-
-    assert_int_equal(store_device_link(f->st, "t1", "dev-1", &a, &err), IOT_OK);
-    assert_int_equal(store_device_link(f->st, "t2", "dev-2", &b, &err), IOT_OK);
-    assert_no_device(f->st, "t2", "dev-1");
-    assert_no_device(f->st, "t1", "dev-2");
-    assert_int_equal(store_device_delete(f->st, "t2", "dev-1", &err), IOT_ERR_NOT_FOUND);
-    assert_int_equal(store_device_unlink(f->st, "t2", "dev-1", &a, &err), IOT_OK);
-    assert_device(f->st, "t1", "dev-1", &a, 1);
-    assert_int_equal(linked(f->st, "t1", &a), 1);
-    assert_int_equal(linked(f->st, "t2", &a), 0);
-    assert_int_equal(linked(f->st, "t2", &b), 1);
-    assert_int_equal(store_device_delete(f->st, "t1", "dev-1", &err), IOT_OK);
-    assert_device(f->st, "t2", "dev-2", &b, 1);
-
-    /* Mender's layout: the device id is the document's _id, so another tenant cannot have it
-     * (the upsert's duplicate key, then the retry that matches nothing) */
-    assert_int_equal(store_device_link(f->st, "t1", "dev-2", &a, &err), IOT_ERR_CONFLICT);
-    assert_string_equal(err.msg, "device id is already registered to another tenant");
-    assert_no_device(f->st, "t1", "dev-2");
-    assert_device(f->st, "t2", "dev-2", &b, 1);
-
-    /* tenant deletion takes the records */
-    assert_int_equal(store_device_link(f->st, "t1", "dev-3", &a, &err), IOT_OK);
-    assert_int_equal(store_tenant_delete(f->st, "t1", &err), IOT_OK);
-    assert_no_device(f->st, "t1", "dev-3");
-    assert_device(f->st, "t2", "dev-2", &b, 1);
-}
-
-static void assert_page_item(const struct device_list *page, size_t i, const char *tenant,
-                             const char *id, size_t n_links)
-{
-    assert_true(i < page->len);
-    assert_string_equal(page->items[i].tenant_id, tenant);
-    assert_string_equal(page->items[i].id, id);
-    assert_int_equal(page->items[i].n_integrations, n_links);
-}
-
-static void test_devices_page(void **state)
-{
-    struct fixture *f = *state;
-    struct iot_error err = {0};
-    const struct uuid a = uuid_of(0x13, 1), b = uuid_of(0x13, 2);
-    struct device_list page = {0};
-    migrate_ok(f, STORE_MIGRATE_CHECK);
-    /* inserted out of order; ids chosen so that id order alone would interleave tenants */
-    assert_int_equal(store_device_link(f->st, "tb", "dev-0", &a, &err), IOT_OK);
-    assert_int_equal(store_device_link(f->st, "ta", "dev-d", &a, &err), IOT_OK);
-    assert_int_equal(store_device_link(f->st, "", "dev-b", &a, &err), IOT_OK);
-    assert_int_equal(store_device_link(f->st, "ta", "dev-c", &b, &err), IOT_OK);
-    assert_int_equal(store_device_link(f->st, "ta", "dev-c", &a, &err), IOT_OK);
-    assert_int_equal(store_device_link(f->st, "", "dev-a", &a, &err), IOT_OK);
-    assert_int_equal(store_device_unlink(f->st, "", "dev-a", &a, &err), IOT_OK);
-
-    assert_int_equal(store_devices_page(f->st, "", "", 2, &page, &err), IOT_OK);
-    assert_int_equal(page.len, 2);
-    assert_page_item(&page, 0, "", "dev-a", 0);
-    assert_page_item(&page, 1, "", "dev-b", 1);
-    device_list_clear(&page);
-
-    assert_int_equal(store_devices_page(f->st, "", "dev-b", 2, &page, &err), IOT_OK);
-    assert_int_equal(page.len, 2);
-    assert_page_item(&page, 0, "ta", "dev-c", 2);
-    assert_memory_equal(page.items[0].integration_ids[0].b, b.b, 16);
-    assert_memory_equal(page.items[0].integration_ids[1].b, a.b, 16);
-    assert_page_item(&page, 1, "ta", "dev-d", 1);
-    device_list_clear(&page);
-
-    assert_int_equal(store_devices_page(f->st, "ta", "dev-d", 10, &page, &err), IOT_OK);
-    assert_int_equal(page.len, 1);
-    assert_page_item(&page, 0, "tb", "dev-0", 1);
-    device_list_clear(&page);
-
-    /* a position between records, and past the end */
-    assert_int_equal(store_devices_page(f->st, "ta", "dev-c0", 10, &page, &err), IOT_OK);
-    assert_int_equal(page.len, 2);
-    assert_page_item(&page, 0, "ta", "dev-d", 1);
-    device_list_clear(&page);
-    assert_int_equal(store_devices_page(f->st, "tb", "dev-0", 10, &page, &err), IOT_OK);
-    assert_int_equal(page.len, 0);
-    assert_null(page.items);
-
-    assert_int_equal(store_devices_page(f->st, "", "", 100, &page, &err), IOT_OK);
-    assert_int_equal(page.len, 5);
-    assert_page_item(&page, 4, "tb", "dev-0", 1);
-    device_list_clear(&page);
-    assert_int_equal(store_devices_page(f->st, "", "", 0, &page, &err), IOT_OK);
-    assert_int_equal(page.len, 0);
-}
-
-static void test_integration_unlink_all(void **state)
-{
-    struct fixture *f = *state;
-    struct iot_error err = {0};
-    const struct uuid a = uuid_of(0x14, 1), b = uuid_of(0x14, 2);
-    migrate_ok(f, STORE_MIGRATE_CHECK);
-    assert_int_equal(store_device_link(f->st, "t1", "dev-1", &a, &err), IOT_OK);
-    assert_int_equal(store_device_link(f->st, "t1", "dev-1", &b, &err), IOT_OK);
-    assert_int_equal(store_device_link(f->st, "t1", "dev-2", &a, &err), IOT_OK);
-    assert_int_equal(store_device_link(f->st, "t1", "dev-3", &b, &err), IOT_OK);
-    assert_int_equal(store_device_link(f->st, "t2", "dev-4", &a, &err), IOT_OK);
-    /* an id Mender wrote in the legacy subtype goes too */
-    raw_insert(f, "devices",
-               BCON_NEW("_id", BCON_UTF8("dev-5"), "tenant_id", BCON_UTF8("t1"), "integration_ids",
-                        "[", BCON_BIN(BSON_SUBTYPE_UUID_DEPRECATED, a.b, 16),
-                        BCON_BIN(BSON_SUBTYPE_UUID, b.b, 16), "]"));
-    assert_int_equal(linked(f->st, "t1", &a), 3);
-
-    assert_int_equal(store_integration_unlink_all(f->st, "t1", &a, &err), IOT_OK);
-    assert_device(f->st, "t1", "dev-1", &b, 1);
-    assert_device(f->st, "t1", "dev-2", NULL, 0);
-    assert_device(f->st, "t1", "dev-3", &b, 1);
-    assert_device(f->st, "t1", "dev-5", &b, 1);
-    assert_device(f->st, "t2", "dev-4", &a, 1);
-    assert_int_equal(linked(f->st, "t1", &a), 0);
-    assert_int_equal(linked(f->st, "t1", &b), 3);
-    assert_int_equal(linked(f->st, "t2", &a), 1);
-    /* nothing left to unlink */
-    assert_int_equal(store_integration_unlink_all(f->st, "t1", &a, &err), IOT_OK);
-    assert_int_equal(store_integration_unlink_all(f->st, "nobody", &a, &err), IOT_OK);
-}
-
 static void test_device_raw_layout(void **state)
 {
     struct fixture *f = *state;
     struct iot_error err = {0};
-    const struct uuid a = uuid_of(0x18, 1), b = uuid_of(0x18, 2);
+    const struct uuid a = contract_uuid(0x18, 1), b = contract_uuid(0x18, 2);
     migrate_ok(f, STORE_MIGRATE_CHECK);
     assert_int_equal(store_device_link(f->st, "t1", "dev-1", &a, &err), IOT_OK);
     assert_int_equal(store_device_link(f->st, "t1", "dev-1", &b, &err), IOT_OK);
@@ -701,223 +462,6 @@ static void test_device_raw_layout(void **state)
 
 /* ---- events ---- */
 
-static void make_event(struct event_record *ev, const char *tenant, struct uuid id, int64_t ts,
-                       const char *data_json)
-{
-    memset(ev, 0, sizeof *ev);
-    ev->id = id;
-    ev->tenant_id = xstrdup(tenant);
-    ev->type = xstrdup("device-provisioned");
-    if (data_json) {
-        json_error_t jerr;
-        ev->data = json_loads(data_json, 0, &jerr);
-        if (!ev->data)
-            fail_msg("bad test JSON: %s", jerr.text);
-    }
-    ev->event_ts_ms = ts;
-    ev->expire_ts_ms = ts + 604800000;
-}
-
-static void add_status(struct event_record *ev, struct uuid integration, bool success,
-                       const char *error, int code)
-{
-    struct delivery_status *grown = realloc(ev->statuses, (ev->n_statuses + 1) * sizeof *grown);
-    assert_non_null(grown);
-    ev->statuses = grown;
-    struct delivery_status *ds = &ev->statuses[ev->n_statuses++];
-    ds->integration_id = integration;
-    ds->success = success;
-    ds->error = xstrdup(error);
-    ds->status_code = code;
-}
-
-static void assert_event_equal(const struct event_record *got, const struct event_record *want)
-{
-    assert_memory_equal(got->id.b, want->id.b, 16);
-    assert_string_equal(got->tenant_id, want->tenant_id);
-    assert_string_equal(got->type, want->type);
-    assert_int_equal(got->event_ts_ms, want->event_ts_ms);
-    assert_int_equal(got->expire_ts_ms, want->expire_ts_ms);
-    if (!want->data || !got->data) {
-        assert_ptr_equal(got->data, want->data);
-    } else if (!json_equal(got->data, want->data)) {
-        char *g = json_dumps(got->data, JSON_SORT_KEYS),
-             *w = json_dumps(want->data, JSON_SORT_KEYS);
-        fail_msg("data differs:\n got  %s\n want %s", g, w);
-    }
-    assert_int_equal(got->n_statuses, want->n_statuses);
-    for (size_t i = 0; i < want->n_statuses; i++) {
-        const struct delivery_status *g = &got->statuses[i], *w = &want->statuses[i];
-        assert_memory_equal(g->integration_id.b, w->integration_id.b, 16);
-        assert_int_equal(g->success, w->success);
-        assert_opt_str(g->error, w->error);
-        assert_int_equal(g->status_code, w->status_code);
-    }
-}
-
-static void insert_ok(struct store *st, const struct event_record *ev)
-{
-    struct iot_error err = {0};
-    enum iot_err rc = store_event_insert(st, ev, &err);
-    if (rc != IOT_OK)
-        fail_msg("event_insert: %s", err.msg);
-}
-
-/* The ids of the listed events, by their last byte, as a string ("3,1,2"). */
-static void list_ids(struct store *st, const char *tenant, const struct uuid *integration,
-                     int64_t skip, int64_t limit, char *out, size_t cap)
-{
-    struct iot_error err = {0};
-    struct event_list list = {0};
-    enum iot_err rc = store_events_list(st, tenant, integration, skip, limit, &list, &err);
-    if (rc != IOT_OK)
-        fail_msg("events_list: %s", err.msg);
-    out[0] = '\0';
-    for (size_t i = 0; i < list.len; i++) {
-        char one[8];
-        snprintf(one, sizeof one, "%s%u", i ? "," : "", list.items[i].id.b[15]);
-        strncat(out, one, cap - strlen(out) - 1);
-    }
-    event_list_clear(&list);
-}
-
-static void test_events_insert_and_list(void **state)
-{
-    struct fixture *f = *state;
-    struct iot_error err = {0};
-    const struct uuid a = uuid_of(0x15, 0xa), b = uuid_of(0x15, 0xb);
-    struct event_record ev[7];
-    migrate_ok(f, STORE_MIGRATE_CHECK);
-    /* last id byte: 1..7; event_ts: 5 and 6 share a time, so the id breaks the tie */
-    const int64_t ts[] = {1000, 3000, 2000, 5000, 4000, 4000, 6000};
-    for (int i = 0; i < 7; i++) {
-        make_event(&ev[i], i == 6 ? "t2" : "t1", uuid_of(0x15, (uint8_t)(i + 1)), ts[i],
-                   "{\"id\":\"dev-1\"}");
-    }
-    add_status(&ev[0], a, true, NULL, 0);
-    add_status(&ev[1], b, false, "boom", 502);
-    add_status(&ev[2], b, true, NULL, 200);
-    add_status(&ev[2], a, false, "failed to connect device to integration", 1500);
-    add_status(&ev[6], a, true, NULL, 0);
-    /* the one with the smaller id goes in last */
-    for (int i = 6; i >= 0; i--)
-        insert_ok(f->st, &ev[i]);
-    assert_int_equal(store_event_insert(f->st, &ev[0], &err), IOT_ERR_CONFLICT);
-
-    char ids[64];
-    list_ids(f->st, "t1", NULL, 0, 0, ids, sizeof ids);
-    assert_string_equal(ids, "4,5,6,2,3,1");
-    list_ids(f->st, "t1", NULL, 0, 2, ids, sizeof ids);
-    assert_string_equal(ids, "4,5");
-    list_ids(f->st, "t1", NULL, 2, 2, ids, sizeof ids);
-    assert_string_equal(ids, "6,2");
-    list_ids(f->st, "t1", NULL, 4, 2, ids, sizeof ids);
-    assert_string_equal(ids, "3,1");
-    list_ids(f->st, "t1", NULL, 6, 2, ids, sizeof ids);
-    assert_string_equal(ids, "");
-    list_ids(f->st, "t2", NULL, 0, 20, ids, sizeof ids);
-    assert_string_equal(ids, "7");
-    list_ids(f->st, "nobody", NULL, 0, 20, ids, sizeof ids);
-    assert_string_equal(ids, "");
-
-    /* only the events with a delivery status for the integration */
-    list_ids(f->st, "t1", &a, 0, 20, ids, sizeof ids);
-    assert_string_equal(ids, "3,1");
-    list_ids(f->st, "t1", &b, 0, 20, ids, sizeof ids);
-    assert_string_equal(ids, "2,3");
-    list_ids(f->st, "t1", &b, 1, 20, ids, sizeof ids);
-    assert_string_equal(ids, "3");
-    const struct uuid c = uuid_of(0x15, 0xc);
-    list_ids(f->st, "t1", &c, 0, 20, ids, sizeof ids);
-    assert_string_equal(ids, "");
-    list_ids(f->st, "t2", &b, 0, 20, ids, sizeof ids);
-    assert_string_equal(ids, "");
-
-    /* the whole record comes back */
-    struct event_list list = {0};
-    assert_int_equal(store_events_list(f->st, "t1", NULL, 0, 0, &list, &err), IOT_OK);
-    assert_int_equal(list.len, 6);
-    assert_event_equal(&list.items[3], &ev[1]);
-    assert_event_equal(&list.items[4], &ev[2]);
-    assert_event_equal(&list.items[5], &ev[0]);
-    event_list_clear(&list);
-
-    /* expiry: everything whose expiry is before now goes, in every tenant */
-    int64_t removed = -1;
-    assert_int_equal(store_events_expire(f->st, 3000 + 604800000, &removed, &err), IOT_OK);
-    assert_int_equal(removed, 2);
-    list_ids(f->st, "t1", NULL, 0, 0, ids, sizeof ids);
-    assert_string_equal(ids, "4,5,6,2");
-    assert_int_equal(store_events_expire(f->st, 6001 + 604800000, &removed, &err), IOT_OK);
-    assert_int_equal(removed, 5);
-    list_ids(f->st, "t1", NULL, 0, 0, ids, sizeof ids);
-    assert_string_equal(ids, "");
-    list_ids(f->st, "t2", NULL, 0, 0, ids, sizeof ids);
-    assert_string_equal(ids, "");
-    for (int i = 0; i < 7; i++)
-        event_record_clear(&ev[i]);
-}
-
-/* A provisioning event as deviceauth sends it, with both time fields. */
-#define EVENT_DATA_IN                                                                              \
-    "{\"id\":\"dev-1\",\"status\":\"accepted\",\"auth_sets\":[{\"id\":\"as-1\","                   \
-    "\"device_id\":\"dev-1\",\"identity_data\":{\"mac\":\"00:11:22\",\"n\":5,\"big\":"             \
-    "5000000000,\"f\":1.5,\"on\":true,\"none\":null,\"list\":[1,\"x\",{\"ts\":\"keep\"}]},"        \
-    "\"pubkey\":\"-----BEGIN PUBLIC KEY-----\\nMIIB\\n-----END PUBLIC KEY-----\\n\","              \
-    "\"status\":\"\",\"ts\":\"2024-05-06T09:08:09.123456789+02:00\"},{\"id\":\"as-2\","            \
-    "\"ts\":\"not a time\"},{\"id\":\"as-3\",\"ts\":\"2024-05-06T07:08:09Z\"}],"                   \
-    "\"created_ts\":\"2024-05-06T07:08:09.120Z\",\"ts\":\"2024-05-06T09:08:09+02:00\","            \
-    "\"updated_ts\":\"2024-05-06T09:08:09+02:00\"}"
-/* What it reads back as: the time fields in UTC, to the millisecond, trailing zeros trimmed;
- * everything else as it was. */
-#define EVENT_DATA_OUT                                                                             \
-    "{\"id\":\"dev-1\",\"status\":\"accepted\",\"auth_sets\":[{\"id\":\"as-1\","                   \
-    "\"device_id\":\"dev-1\",\"identity_data\":{\"mac\":\"00:11:22\",\"n\":5,\"big\":"             \
-    "5000000000,\"f\":1.5,\"on\":true,\"none\":null,\"list\":[1,\"x\",{\"ts\":\"keep\"}]},"        \
-    "\"pubkey\":\"-----BEGIN PUBLIC KEY-----\\nMIIB\\n-----END PUBLIC KEY-----\\n\","              \
-    "\"status\":\"\",\"ts\":\"2024-05-06T07:08:09.123Z\"},{\"id\":\"as-2\","                       \
-    "\"ts\":\"not a time\"},{\"id\":\"as-3\",\"ts\":\"2024-05-06T07:08:09Z\"}],"                   \
-    "\"created_ts\":\"2024-05-06T07:08:09.12Z\",\"ts\":\"2024-05-06T09:08:09+02:00\","             \
-    "\"updated_ts\":\"2024-05-06T09:08:09+02:00\"}"
-
-static void test_event_data_round_trip(void **state)
-{
-    struct fixture *f = *state;
-    struct iot_error err = {0};
-    struct event_record in, want, bare;
-    migrate_ok(f, STORE_MIGRATE_CHECK);
-    make_event(&in, "t1", uuid_of(0x16, 1), 1714979289123, EVENT_DATA_IN);
-    make_event(&want, "t1", uuid_of(0x16, 1), 1714979289123, EVENT_DATA_OUT);
-    add_status(&in, uuid_of(0x16, 0xa), false, "boom", 502);
-    add_status(&want, uuid_of(0x16, 0xa), false, "boom", 502);
-    make_event(&bare, "t1", uuid_of(0x16, 2), 1, NULL);
-    free(bare.type);
-    bare.type = xstrdup("device-decommissioned");
-    /* a JSON null is no data */
-    struct event_record nulled;
-    make_event(&nulled, "t1", uuid_of(0x16, 3), 0, NULL);
-    nulled.data = json_null();
-    insert_ok(f->st, &in);
-    insert_ok(f->st, &bare);
-    insert_ok(f->st, &nulled);
-
-    struct event_list list = {0};
-    assert_int_equal(store_events_list(f->st, "t1", NULL, 0, 0, &list, &err), IOT_OK);
-    assert_int_equal(list.len, 3);
-    assert_event_equal(&list.items[0], &want);
-    assert_event_equal(&list.items[1], &bare);
-    assert_null(list.items[2].data);
-    /* member order is kept too */
-    char *text = json_dumps(list.items[0].data, JSON_COMPACT);
-    assert_string_equal(text, EVENT_DATA_OUT);
-    free(text);
-    event_list_clear(&list);
-    event_record_clear(&in);
-    event_record_clear(&want);
-    event_record_clear(&bare);
-    event_record_clear(&nulled);
-}
-
 static bson_t *raw_log(struct fixture *f, const struct uuid *id)
 {
     return raw_find_one(f, "log", BCON_NEW("_id", BCON_BIN(BSON_SUBTYPE_UUID, id->b, 16)));
@@ -944,12 +488,13 @@ static void test_log_raw_layout(void **state)
 {
     struct fixture *f = *state;
     struct event_record ev, bare;
-    const struct uuid id = uuid_of(0x19, 1), a = uuid_of(0x19, 0xa), b = uuid_of(0x19, 0xb);
+    const struct uuid id = contract_uuid(0x19, 1), a = contract_uuid(0x19, 0xa),
+                      b = contract_uuid(0x19, 0xb);
     migrate_ok(f, STORE_MIGRATE_CHECK);
-    make_event(&ev, "t1", id, 1714979289123, EVENT_DATA_IN);
-    add_status(&ev, a, true, NULL, 0);
-    add_status(&ev, b, false, "boom", 502);
-    insert_ok(f->st, &ev);
+    contract_make_event(&ev, "t1", id, 1714979289123, CONTRACT_EVENT_DATA_IN);
+    contract_add_status(&ev, a, true, NULL, 0);
+    contract_add_status(&ev, b, false, "boom", 502);
+    contract_insert_event(f->st, &ev);
 
     bson_t *doc = raw_log(f, &id);
     const char *const keys[] = {"_id",       "type",   "data",      "event_ts",
@@ -1005,8 +550,8 @@ static void test_log_raw_layout(void **state)
     bson_destroy(doc);
 
     /* no data, no status: both omitted */
-    make_event(&bare, "t1", uuid_of(0x19, 2), 5, NULL);
-    insert_ok(f->st, &bare);
+    contract_make_event(&bare, "t1", contract_uuid(0x19, 2), 5, NULL);
+    contract_insert_event(f->st, &bare);
     doc = raw_log(f, &bare.id);
     const char *const bare_keys[] = {"_id", "type", "event_ts", "expire_ts", "tenant_id", NULL};
     assert_keys(doc, bare_keys);
@@ -1019,7 +564,8 @@ static void test_reads_mender_log(void **state)
 {
     struct fixture *f = *state;
     struct iot_error err = {0};
-    const struct uuid id = uuid_of(0x1a, 1), a = uuid_of(0x1a, 0xa), b = uuid_of(0x1a, 0xb);
+    const struct uuid id = contract_uuid(0x1a, 1), a = contract_uuid(0x1a, 0xa),
+                      b = contract_uuid(0x1a, 0xb);
     static const uint8_t raw[] = {0x00, 0x01, 0xfe, 0xff};
     migrate_ok(f, STORE_MIGRATE_CHECK);
     /* as Mender's Go service writes it: time.Time as dates, an int status, an older id in the
@@ -1069,9 +615,9 @@ static void test_reads_mender_log(void **state)
 
     /* the filter finds the legacy subtype too */
     char ids[16];
-    list_ids(f->st, "t1", &a, 0, 20, ids, sizeof ids);
+    contract_list_event_ids(f->st, "t1", &a, 0, 20, ids, sizeof ids);
     assert_string_equal(ids, "1");
-    list_ids(f->st, "t1", &b, 0, 20, ids, sizeof ids);
+    contract_list_event_ids(f->st, "t1", &b, 0, 20, ids, sizeof ids);
     assert_string_equal(ids, "1");
 
     /* a document that is not an event is an internal error, not a crash */
@@ -1088,85 +634,30 @@ static void test_reads_mender_log(void **state)
 #define LINK_THREADS     4
 #define LINKS_PER_THREAD 8
 
-struct linker {
-    struct store *st;
-    pthread_barrier_t *start;
-    int index;
-    int links;
-    int errors;
-    char first_error[IOT_ERROR_MSG_MAX];
-};
-
-static void *linker_main(void *arg)
-{
-    struct linker *l = arg;
-    pthread_barrier_wait(l->start);
-    for (int i = 0; i < l->links; i++) {
-        struct uuid id = uuid_of((uint8_t)(0x20 + l->index), (uint8_t)i);
-        struct iot_error err = {0};
-        if (store_device_link(l->st, "t1", "dev-shared", &id, &err) != IOT_OK && l->errors++ == 0)
-            snprintf(l->first_error, sizeof l->first_error, "%s", err.msg);
-    }
-    return NULL;
-}
-
-/* Runs LINK_THREADS threads linking "dev-shared" (each with its own store when `stores` is
- * given) and checks the outcome. */
-static void run_linkers(struct fixture *f, struct store **stores, int links, bool expect_all)
-{
-    pthread_t tid[LINK_THREADS];
-    struct linker l[LINK_THREADS];
-    pthread_barrier_t start;
-    assert_int_equal(pthread_barrier_init(&start, NULL, LINK_THREADS), 0);
-    for (int i = 0; i < LINK_THREADS; i++) {
-        l[i] = (struct linker){
-            .st = stores ? stores[i] : f->st, .start = &start, .index = i, .links = links};
-        assert_int_equal(pthread_create(&tid[i], NULL, linker_main, &l[i]), 0);
-    }
-    for (int i = 0; i < LINK_THREADS; i++)
-        pthread_join(tid[i], NULL);
-    pthread_barrier_destroy(&start);
-    for (int i = 0; i < LINK_THREADS; i++) {
-        if (l[i].errors)
-            fail_msg("linker %d: %d errors, first: %s", i, l[i].errors, l[i].first_error);
-    }
-    assert_int_equal(raw_count(f, "devices", bson_new()), 1);
-    if (!expect_all)
-        return;
-    struct iot_error err = {0};
-    struct device_record d;
-    assert_int_equal(store_device_get(f->st, "t1", "dev-shared", &d, &err), IOT_OK);
-    assert_int_equal(d.n_integrations, LINK_THREADS * links);
-    for (int t = 0; t < LINK_THREADS; t++) {
-        for (int i = 0; i < links; i++) {
-            struct uuid want = uuid_of((uint8_t)(0x20 + t), (uint8_t)i);
-            bool found = false;
-            for (size_t k = 0; k < d.n_integrations; k++)
-                found = found || uuid_equal(&d.integration_ids[k], &want);
-            if (!found)
-                fail_msg("integration %d/%d missing from the device", t, i);
-        }
-    }
-    device_record_clear(&d);
-}
-
 static void test_concurrent_device_link(void **state)
 {
     struct fixture *f = *state;
+    struct store *stores[LINK_THREADS];
     migrate_ok(f, STORE_MIGRATE_CHECK);
     /* One service: its threads race on the first upsert and then on every $addToSet. */
-    run_linkers(f, NULL, LINKS_PER_THREAD, true);
+    for (int i = 0; i < LINK_THREADS; i++)
+        stores[i] = f->st;
+    contract_link_concurrently(stores, LINK_THREADS, LINKS_PER_THREAD);
+    assert_int_equal(raw_count(f, "devices", bson_new()), 1);
+    contract_assert_all_linked(f->st, LINK_THREADS, LINKS_PER_THREAD);
 
     /* Independent clients (as several service instances): the losers of the upsert race get
      * the duplicate key and must retry. FerretDB's read-modify-write updates may still drop an
      * id between clients; MongoDB's may not. */
     struct iot_error err = {0};
     assert_int_equal(store_device_delete(f->st, "t1", "dev-shared", &err), IOT_OK);
-    struct store *stores[LINK_THREADS];
     struct store_mongo_options opts = {.url = f->url, .dbname = f->dbname, .timeout_ms = 5000};
     for (int i = 0; i < LINK_THREADS; i++)
         assert_int_equal(store_mongo_open(&opts, &stores[i], &err), IOT_OK);
-    run_linkers(f, stores, 1, !server_is_ferretdb(f));
+    contract_link_concurrently(stores, LINK_THREADS, 1);
+    assert_int_equal(raw_count(f, "devices", bson_new()), 1);
+    if (!server_is_ferretdb(f))
+        contract_assert_all_linked(f->st, LINK_THREADS, 1);
     for (int i = 0; i < LINK_THREADS; i++)
         store_destroy(stores[i]);
 }
@@ -1203,18 +694,18 @@ static void test_unreachable_server_is_unavailable(void **state)
     /* open does no I/O, even towards an address that would swallow a connect */
     struct store_mongo_options blackhole = {.url = "mongodb://10.255.255.1:27017",
                                             .timeout_ms = 200};
-    int64_t t0 = mono_ms();
+    int64_t t0 = support_now_ms();
     assert_int_equal(store_mongo_open(&blackhole, &st, &err), IOT_OK);
-    assert_true(mono_ms() - t0 < 100);
+    assert_true(support_now_ms() - t0 < 100);
     store_destroy(st);
 
     struct store_mongo_options opts = {.url = "mongodb://127.0.0.1:1", .timeout_ms = 300};
     assert_int_equal(store_mongo_open(&opts, &st, &err), IOT_OK);
-    t0 = mono_ms();
+    t0 = support_now_ms();
     assert_int_equal(store_ping(st, &err), IOT_ERR_UNAVAILABLE);
     assert_int_equal(err.code, IOT_ERR_UNAVAILABLE);
     assert_non_null(strstr(err.msg, "database unavailable"));
-    assert_true(mono_ms() - t0 < 2000);
+    assert_true(support_now_ms() - t0 < 2000);
 
     assert_int_equal(store_migrate(st, STORE_MIGRATE_CHECK, &err), IOT_ERR_UNAVAILABLE);
     assert_int_equal(store_integrations_list(st, "t", &list, &err), IOT_ERR_UNAVAILABLE);
@@ -1225,7 +716,7 @@ static void test_unreachable_server_is_unavailable(void **state)
     struct device_record dev;
     assert_int_equal(store_device_get(st, "t", "d", &dev, &err), IOT_ERR_UNAVAILABLE);
     assert_null(dev.id);
-    const struct uuid link = uuid_of(1, 1);
+    const struct uuid link = contract_uuid(1, 1);
     assert_int_equal(store_device_link(st, "t", "d", &link, &err), IOT_ERR_UNAVAILABLE);
     struct event_list events = {0};
     assert_int_equal(store_events_list(st, "t", &link, 0, 20, &events, &err), IOT_ERR_UNAVAILABLE);
@@ -1233,16 +724,16 @@ static void test_unreachable_server_is_unavailable(void **state)
     struct device_list devices = {0};
     assert_int_equal(store_devices_page(st, "", "", 10, &devices, &err), IOT_ERR_UNAVAILABLE);
     assert_null(devices.items);
-    assert_true(mono_ms() - t0 < 5000);
+    assert_true(support_now_ms() - t0 < 5000);
     store_destroy(st);
 
     /* the URL's own timeout wins over timeout_ms */
     struct store_mongo_options url_timeout = {
         .url = "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=200", .timeout_ms = 20000};
     assert_int_equal(store_mongo_open(&url_timeout, &st, &err), IOT_OK);
-    t0 = mono_ms();
+    t0 = support_now_ms();
     assert_int_equal(store_ping(st, &err), IOT_ERR_UNAVAILABLE);
-    assert_true(mono_ms() - t0 < 2000);
+    assert_true(support_now_ms() - t0 < 2000);
     store_destroy(st);
 }
 
@@ -1370,11 +861,11 @@ static void test_crud_round_trip(void **state)
     struct integration_list list = {0};
     assert_int_equal(store_integrations_list(f->st, "tenant-a", &list, &err), IOT_OK);
     assert_int_equal(list.len, 1);
-    assert_integration_equal(&list.items[0], &sas_full);
+    contract_assert_integration_equal(&list.items[0], &sas_full);
     integration_list_clear(&list);
     assert_int_equal(store_integrations_list(f->st, "", &list, &err), IOT_OK);
     assert_int_equal(list.len, 1);
-    assert_integration_equal(&list.items[0], &sas_min);
+    contract_assert_integration_equal(&list.items[0], &sas_min);
     integration_list_clear(&list);
     assert_int_equal(store_integrations_list(f->st, "nobody", &list, &err), IOT_OK);
     assert_int_equal(list.len, 0);
@@ -1388,7 +879,7 @@ static void test_crud_round_trip(void **state)
     assert_int_equal(store_integration_get(f->st, "tenant-a", &id1, &got, &err), IOT_OK);
     credentials_clear(&sas_full.credentials);
     assert_int_equal(credentials_copy(&sas_full.credentials, &creds), IOT_OK);
-    assert_integration_equal(&got, &sas_full);
+    contract_assert_integration_equal(&got, &sas_full);
     integration_clear(&got);
     credentials_clear(&creds);
 
@@ -1399,7 +890,7 @@ static void test_crud_round_trip(void **state)
     assert_int_equal(store_integration_get(f->st, "tenant-d", &id4, &got, &err), IOT_OK);
     assert_int_equal(got.provider, PROVIDER_WEBHOOK);
     assert_int_equal(got.credentials.type, CREDENTIAL_AWS);
-    assert_opt_str(got.credentials.aws.device_policy_name, "policy-a");
+    contract_assert_opt_string(got.credentials.aws.device_policy_name, "policy-a");
     integration_clear(&got);
 
     struct uuid missing;
@@ -1667,7 +1158,7 @@ static void test_tenant_isolation(void **state)
     assert_int_equal(store_integration_set_credentials(f->st, "t1", &id2, &a.credentials, &err),
                      IOT_ERR_NOT_FOUND);
     assert_int_equal(store_integration_get(f->st, "t2", &id2, &got, &err), IOT_OK);
-    assert_integration_equal(&got, &b);
+    contract_assert_integration_equal(&got, &b);
     integration_clear(&got);
     integration_clear(&a);
     integration_clear(&b);
@@ -1873,7 +1364,7 @@ static void test_refuses_unsealed_secrets(void **state)
     assert_int_equal(store_integration_set_credentials(f->st, "t1", &id, &creds, &err),
                      IOT_ERR_INTERNAL);
     assert_int_equal(store_integration_get(f->st, "t1", &id, &got, &err), IOT_OK);
-    assert_integration_equal(&got, &in);
+    contract_assert_integration_equal(&got, &in);
     integration_clear(&got);
     credentials_clear(&creds);
     integration_clear(&in);
@@ -1906,13 +1397,18 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tenant_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_events_expire, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refuses_unsealed_secrets, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_device_link_round_trip, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_device_tenant_isolation, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_devices_page, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_integration_unlink_all, setup, teardown),
+        cmocka_unit_test_setup_teardown(contract_test_device_link_round_trip, setup_migrated,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(contract_test_device_tenant_isolation, setup_migrated,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(contract_test_devices_page, setup_migrated, teardown),
+        cmocka_unit_test_setup_teardown(contract_test_integration_unlink_all, setup_migrated,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_device_raw_layout, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_events_insert_and_list, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_event_data_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(contract_test_events_insert_and_list, setup_migrated,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(contract_test_event_data_round_trip, setup_migrated,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_log_raw_layout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reads_mender_log, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_device_link, setup, teardown),

@@ -95,6 +95,20 @@ static enum iot_err load_file(struct fixture *f)
     return config_load(&f->cfg, f->file, true, &f->err);
 }
 
+/* setenv() that must work. */
+static void set_env(const char *name, const char *value)
+{
+    assert_int_equal(setenv(name, value, 1), 0);
+}
+
+/* Sets one variable, then loads without a file, which must succeed. */
+static void load_with(struct fixture *f, const char *name, const char *value)
+{
+    set_env(name, value);
+    if (load_env_only(f) != IOT_OK)
+        fail_msg("%s=\"%s\": %s", name, value, f->err.msg);
+}
+
 static void expect_contains(const char *haystack, const char *needle)
 {
     if (!strstr(haystack, needle))
@@ -245,9 +259,7 @@ static void test_every_env_overrides(void **state)
     dflt = f->cfg;
     for (size_t i = 0; i < sizeof overrides / sizeof overrides[0]; i++) {
         const struct override *o = &overrides[i];
-        assert_int_equal(setenv(o->env, o->value, 1), 0);
-        if (load_env_only(f) != IOT_OK)
-            fail_msg("%s=%s: %s", o->env, o->value, f->err.msg);
+        load_with(f, o->env, o->value);
         check_override(&f->cfg, o);
         /* the value differs from the default, so the override is really observed */
         assert_memory_not_equal((const char *)&f->cfg + o->offset, (const char *)&dflt + o->offset,
@@ -257,7 +269,7 @@ static void test_every_env_overrides(void **state)
         assert_int_equal(unsetenv(o->env), 0);
     }
     for (size_t i = 0; i < sizeof overrides / sizeof overrides[0]; i++)
-        assert_int_equal(setenv(overrides[i].env, overrides[i].value, 1), 0);
+        set_env(overrides[i].env, overrides[i].value);
     assert_int_equal(load_env_only(f), IOT_OK);
     for (size_t i = 0; i < sizeof overrides / sizeof overrides[0]; i++) {
         if (strcmp(overrides[i].env, "IOT_MANAGER_LOG_LEVEL") == 0)
@@ -312,9 +324,9 @@ static void test_env_wins_over_yaml(void **state)
                   "event_exp_timeout: 120\n"
                   "mongo_ssl: true\n"
                   "domain_whitelist: \"*.from-file.net\"\n");
-    assert_int_equal(setenv("IOT_MANAGER_LISTEN", ":9999", 1), 0);
-    assert_int_equal(setenv("IOT_MANAGER_EVENT_EXP_TIMEOUT", "77", 1), 0);
-    assert_int_equal(setenv("IOT_MANAGER_MONGO_SSL", "false", 1), 0);
+    set_env("IOT_MANAGER_LISTEN", ":9999");
+    set_env("IOT_MANAGER_EVENT_EXP_TIMEOUT", "77");
+    set_env("IOT_MANAGER_MONGO_SSL", "false");
     assert_int_equal(load_file(f), IOT_OK);
     assert_string_equal(f->cfg.listen, ":9999");
     assert_int_equal(f->cfg.event_exp_timeout, 77);
@@ -399,9 +411,9 @@ static void test_empty_env_counts_as_unset(void **state)
 {
     struct fixture *f = *state;
     clear_iotm_env();
-    assert_int_equal(setenv("IOT_MANAGER_EVENT_EXP_TIMEOUT", "", 1), 0);
-    assert_int_equal(setenv("IOT_MANAGER_DOMAIN_SKIPVERIFY", "", 1), 0);
-    assert_int_equal(setenv("IOT_MANAGER_LISTEN", "", 1), 0);
+    set_env("IOT_MANAGER_EVENT_EXP_TIMEOUT", "");
+    set_env("IOT_MANAGER_DOMAIN_SKIPVERIFY", "");
+    set_env("IOT_MANAGER_LISTEN", "");
     assert_int_equal(load_env_only(f), IOT_OK);
     assert_int_equal(f->cfg.event_exp_timeout, 604800);
     assert_false(f->cfg.domain_skipverify);
@@ -445,7 +457,7 @@ static void test_bad_values_stop_loading(void **state)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         clear_iotm_env();
-        assert_int_equal(setenv(bad[i].env, bad[i].value, 1), 0);
+        set_env(bad[i].env, bad[i].value);
         enum iot_err rc = load_env_only(f);
         if (rc != IOT_ERR_CONFIG)
             fail_msg("%s=\"%s\" loaded (rc %d)", bad[i].env, bad[i].value, rc);
@@ -475,7 +487,7 @@ static void test_string_too_long(void **state)
     char longname[200];
     memset(longname, 'd', sizeof longname - 1);
     longname[sizeof longname - 1] = '\0';
-    assert_int_equal(setenv("IOT_MANAGER_MONGO_DBNAME", longname, 1), 0);
+    set_env("IOT_MANAGER_MONGO_DBNAME", longname);
     assert_int_equal(load_env_only(f), IOT_ERR_CONFIG);
     expect_contains(f->err.msg, "IOT_MANAGER_MONGO_DBNAME");
     expect_contains(f->err.msg, "must be shorter than 128");
@@ -484,7 +496,7 @@ static void test_string_too_long(void **state)
     char longkey[200];
     memset(longkey, 'K', sizeof longkey - 1);
     longkey[sizeof longkey - 1] = '\0';
-    assert_int_equal(setenv("IOT_MANAGER_AES_ENCRYPTION_KEY", longkey, 1), 0);
+    set_env("IOT_MANAGER_AES_ENCRYPTION_KEY", longkey);
     assert_int_equal(load_env_only(f), IOT_ERR_CONFIG);
     expect_contains(f->err.msg, "IOT_MANAGER_AES_ENCRYPTION_KEY");
     assert_null(strstr(f->err.msg, "KKKKKKKK"));
@@ -493,12 +505,12 @@ static void test_string_too_long(void **state)
 static void test_valid_edge_values(void **state)
 {
     struct fixture *f = *state;
-    assert_int_equal(setenv("IOT_MANAGER_LISTEN", "[::1]:0", 1), 0);
-    assert_int_equal(setenv("IOT_MANAGER_REQUEST_SIZE_LIMIT", "1073741824", 1), 0);
-    assert_int_equal(setenv("IOT_MANAGER_EVENT_EXP_TIMEOUT", "1", 1), 0);
-    assert_int_equal(setenv("IOT_MANAGER_SECRETS_FORMAT", "AES-256-GCM", 1), 0);
-    assert_int_equal(setenv("IOT_MANAGER_MONGO_SSL", "off", 1), 0);
-    assert_int_equal(setenv("IOT_MANAGER_LOG_LEVEL", "DEBUG", 1), 0);
+    set_env("IOT_MANAGER_LISTEN", "[::1]:0");
+    set_env("IOT_MANAGER_REQUEST_SIZE_LIMIT", "1073741824");
+    set_env("IOT_MANAGER_EVENT_EXP_TIMEOUT", "1");
+    set_env("IOT_MANAGER_SECRETS_FORMAT", "AES-256-GCM");
+    set_env("IOT_MANAGER_MONGO_SSL", "off");
+    set_env("IOT_MANAGER_LOG_LEVEL", "DEBUG");
     assert_int_equal(load_env_only(f), IOT_OK);
     assert_string_equal(f->cfg.listen, "[::1]:0");
     assert_int_equal(f->cfg.request_size_limit, 1073741824);
@@ -506,8 +518,7 @@ static void test_valid_edge_values(void **state)
     assert_int_equal(f->cfg.secrets_format, SECRETS_FORMAT_GCM);
     assert_false(f->cfg.mongo_ssl);
 
-    assert_int_equal(setenv("IOT_MANAGER_LISTEN", "localhost:65535", 1), 0);
-    assert_int_equal(load_env_only(f), IOT_OK);
+    load_with(f, "IOT_MANAGER_LISTEN", "localhost:65535");
     assert_string_equal(f->cfg.listen, "localhost:65535");
 }
 
@@ -515,12 +526,10 @@ static void test_valid_edge_values(void **state)
 static void test_deviceauth_url_gets_scheme(void **state)
 {
     struct fixture *f = *state;
-    assert_int_equal(setenv("IOT_MANAGER_DEVICEAUTH_URL", "mender-device-auth:8080", 1), 0);
-    assert_int_equal(load_env_only(f), IOT_OK);
+    load_with(f, "IOT_MANAGER_DEVICEAUTH_URL", "mender-device-auth:8080");
     assert_string_equal(f->cfg.deviceauth_url, "http://mender-device-auth:8080");
 
-    assert_int_equal(setenv("IOT_MANAGER_DEVICEAUTH_URL", "https://da.example", 1), 0);
-    assert_int_equal(load_env_only(f), IOT_OK);
+    load_with(f, "IOT_MANAGER_DEVICEAUTH_URL", "https://da.example");
     assert_string_equal(f->cfg.deviceauth_url, "https://da.example");
 
     write_yaml(f, "deviceauth_url: da.from.file:80\n");
@@ -533,7 +542,7 @@ static void test_deviceauth_url_gets_scheme(void **state)
     memset(host, 'h', sizeof host - 1);
     host[sizeof host - 1] = '\0';
     host[sizeof host - 6] = '\0'; /* 1018 characters: fits alone, not with "http://" */
-    assert_int_equal(setenv("IOT_MANAGER_DEVICEAUTH_URL", host, 1), 0);
+    set_env("IOT_MANAGER_DEVICEAUTH_URL", host);
     assert_int_equal(load_env_only(f), IOT_ERR_CONFIG);
     expect_contains(f->err.msg, "IOT_MANAGER_DEVICEAUTH_URL");
 }
@@ -541,25 +550,20 @@ static void test_deviceauth_url_gets_scheme(void **state)
 static void test_debug_log_forces_debug(void **state)
 {
     struct fixture *f = *state;
-    assert_int_equal(setenv("IOT_MANAGER_LOG_LEVEL", "error", 1), 0);
-    assert_int_equal(load_env_only(f), IOT_OK);
+    load_with(f, "IOT_MANAGER_LOG_LEVEL", "error");
     assert_string_equal(f->cfg.log_level, "error");
-    assert_int_equal(setenv("IOT_MANAGER_DEBUG_LOG", "true", 1), 0);
-    assert_int_equal(load_env_only(f), IOT_OK);
+    load_with(f, "IOT_MANAGER_DEBUG_LOG", "true");
     assert_true(f->cfg.debug_log);
     assert_string_equal(f->cfg.log_level, "debug");
-    assert_int_equal(setenv("IOT_MANAGER_DEBUG_LOG", "false", 1), 0);
-    assert_int_equal(load_env_only(f), IOT_OK);
+    load_with(f, "IOT_MANAGER_DEBUG_LOG", "false");
     assert_string_equal(f->cfg.log_level, "error");
 }
 
 static void test_whitelist_split(void **state)
 {
     struct fixture *f = *state;
-    assert_int_equal(setenv("IOT_MANAGER_DOMAIN_WHITELIST",
-                            "  *.azure-devices.net\t*.azure-devices.cn\n hub.example.com  ", 1),
-                     0);
-    assert_int_equal(load_env_only(f), IOT_OK);
+    load_with(f, "IOT_MANAGER_DOMAIN_WHITELIST",
+              "  *.azure-devices.net\t*.azure-devices.cn\n hub.example.com  ");
     char buf[CONFIG_LIST_MAX];
     const char *items[8] = {0};
     assert_int_equal(config_whitelist(&f->cfg, buf, items, 8), 3);
@@ -576,8 +580,7 @@ static void test_whitelist_split(void **state)
     assert_int_equal(config_whitelist(&f->cfg, buf, two, 2), 2);
     assert_string_equal(two[1], "*.azure-devices.cn");
 
-    assert_int_equal(setenv("IOT_MANAGER_DOMAIN_WHITELIST", " \t ", 1), 0);
-    assert_int_equal(load_env_only(f), IOT_OK);
+    load_with(f, "IOT_MANAGER_DOMAIN_WHITELIST", " \t ");
     assert_int_equal(config_whitelist(&f->cfg, buf, items, 8), 0);
 
     unsetenv("IOT_MANAGER_DOMAIN_WHITELIST");
