@@ -108,6 +108,11 @@ bool credential_type_parse(const char *text, enum credential_type *out);
 /* The credential type each provider takes (iot-hub <-> sas, iot-core <-> aws, webhook <-> http). */
 enum credential_type provider_credential_type(enum provider p);
 
+/* The name Go's encoding/json gives a JSON value's type in its UnmarshalTypeError ("object",
+ * "array", "string", "number", "bool", "null"): the API and the lifecycle parser repeat Mender's
+ * decoding errors word for word. Static, never NULL. */
+const char *go_json_type_name(const json_t *v);
+
 /* Free everything an integration owns (secrets wiped) and zero it. NULL-safe. */
 void integration_clear(struct integration *in);
 void credentials_clear(struct credentials *c);

@@ -63,26 +63,6 @@ static void field_errors_format(struct field_errors *fe, char *out, size_t cap)
 
 /* ---- decoding ---- */
 
-static const char *json_go_type(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "object";
-    case JSON_ARRAY:
-        return "array";
-    case JSON_STRING:
-        return "string";
-    case JSON_INTEGER:
-    case JSON_REAL:
-        return "number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "bool";
-    default:
-        return "null";
-    }
-}
-
 /* A member that must be a string (or absent/null). `go_struct` and `path` make Go's
  * "<innermost struct>.<json path from the root>" naming of the field. */
 static enum iot_err member_string(json_t *obj, const char *key, const char *go_struct,
@@ -97,7 +77,7 @@ static enum iot_err member_string(json_t *obj, const char *key, const char *go_s
         return iot_error_set(err, IOT_ERR_INVALID,
                              MALFORMED
                              "json: cannot unmarshal %s into Go struct field %s.%s%s of type %s",
-                             json_go_type(v), go_struct, path, key, go_type);
+                             go_json_type_name(v), go_struct, path, key, go_type);
     *out = json_string_value(v);
     return IOT_OK;
 }
@@ -124,7 +104,7 @@ static enum iot_err parse_body(const char *body, size_t len, const char *go_valu
     if (!json_is_object(root)) {
         enum iot_err rc = iot_error_set(
             err, IOT_ERR_INVALID, MALFORMED "json: cannot unmarshal %s into Go value of type %s",
-            json_go_type(root), go_value_type);
+            go_json_type_name(root), go_value_type);
         json_decref(root);
         return rc;
     }
@@ -256,7 +236,7 @@ enum iot_err codec_integration_decode(const struct app *app, const char *body, s
         rc = iot_error_set(err, IOT_ERR_INVALID,
                            MALFORMED "json: cannot unmarshal %s into Go struct field "
                                      "Integration.credentials of type model.Credentials",
-                           json_go_type(creds));
+                           go_json_type_name(creds));
         goto out;
     }
     /* Mender's Credentials is a struct value, not a pointer: when absent or null it is validated

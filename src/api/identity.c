@@ -4,6 +4,7 @@
 
 #include "iot-manager/b64.h"
 #include "iot-manager/identity.h"
+#include "iot-manager/model.h"
 
 void identity_clear(struct identity *id)
 {
@@ -26,27 +27,6 @@ static size_t raw_url_bad_offset(const char *s, size_t len)
             return i;
     }
     return len % 4 == 1 ? len - 1 : len;
-}
-
-/* The JSON kind as Go's encoding/json names it in UnmarshalTypeError. */
-static const char *go_json_kind(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "object";
-    case JSON_ARRAY:
-        return "array";
-    case JSON_STRING:
-        return "string";
-    case JSON_INTEGER:
-    case JSON_REAL:
-        return "number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "bool";
-    default:
-        return "null";
-    }
 }
 
 /* The claims go-lib-micro's Identity struct declares with a scalar type. encoding/json matches
@@ -90,7 +70,7 @@ static enum iot_err claims_collect(json_t *claims, json_t *slots[CLAIM__N], stru
                 return iot_error_set(err, IOT_ERR_UNAUTHORIZED,
                                      "identity: failed to decode JSON JWT claims: json: cannot "
                                      "unmarshal %s into Go struct field Identity.%s of type %s",
-                                     go_json_kind(v), claim_fields[f].name,
+                                     go_json_type_name(v), claim_fields[f].name,
                                      claim_fields[f].is_bool ? "bool" : "string");
             slots[f] = v;
             break;
@@ -169,7 +149,7 @@ enum iot_err identity_decode(const char *authorization, const char *cookie, stru
         rc = iot_error_set(err, IOT_ERR_UNAUTHORIZED,
                            "identity: failed to decode JSON JWT claims: json: cannot unmarshal %s "
                            "into Go value of type identity.Identity",
-                           go_json_kind(claims));
+                           go_json_type_name(claims));
         goto out;
     }
 

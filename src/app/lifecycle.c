@@ -10,6 +10,7 @@
 #include "iot-manager/crypto.h"
 #include "iot-manager/lifecycle.h"
 #include "iot-manager/log.h"
+#include "iot-manager/model.h"
 
 static const char *const kind_names[] = {"provision", "status", "decommission"};
 
@@ -242,27 +243,6 @@ static enum iot_err batch_add(struct lifecycle_batch *b, enum lifecycle_kind kin
     return rc;
 }
 
-/* Go's name of a JSON value's type, for json.Unmarshal-like messages. */
-static const char *go_json_type(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "object";
-    case JSON_ARRAY:
-        return "array";
-    case JSON_STRING:
-        return "string";
-    case JSON_INTEGER:
-    case JSON_REAL:
-        return "number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "bool";
-    default:
-        return "null";
-    }
-}
-
 /* The fields of a DeviceEvent that Mender keeps (id, status, auth_sets, created_ts), with the
  * effective id. New reference. */
 static json_t *device_event_filtered(const json_t *in, const char *id)
@@ -293,12 +273,12 @@ static enum iot_err device_event_id(const json_t *item, const char **id, const c
         return iot_error_set(err, IOT_ERR_INVALID,
                              "%s: json: cannot unmarshal %s into Go struct field .device_id of "
                              "type string",
-                             prefix, go_json_type(legacy));
+                             prefix, go_json_type_name(legacy));
     if (plain && !json_is_null(plain) && !json_is_string(plain))
         return iot_error_set(err, IOT_ERR_INVALID,
                              "%s: json: cannot unmarshal %s into Go struct field .id of type "
                              "string",
-                             prefix, go_json_type(plain));
+                             prefix, go_json_type_name(plain));
     const char *text = json_string_value(legacy);
     if (!text || !*text)
         text = json_string_value(plain);
@@ -340,7 +320,7 @@ enum iot_err lifecycle_parse_provision(const char *tenant, const char *body, siz
         rc = iot_error_set(err, IOT_ERR_INVALID,
                            "malformed request body: json: cannot unmarshal %s into Go value of "
                            "type http.internalDevice",
-                           go_json_type(root));
+                           go_json_type_name(root));
         goto out;
     }
     const char *id = "";
@@ -406,7 +386,7 @@ enum iot_err lifecycle_parse_bulk_status(const char *tenant, const char *status,
         rc = iot_error_set(err, IOT_ERR_INVALID,
                            "invalid request body: json: cannot unmarshal %s into Go value of type "
                            "[]model.DeviceEvent",
-                           go_json_type(root));
+                           go_json_type_name(root));
         goto out;
     }
     size_t n = json_array_size(root);
@@ -423,7 +403,7 @@ enum iot_err lifecycle_parse_bulk_status(const char *tenant, const char *status,
             rc = iot_error_set(err, IOT_ERR_INVALID,
                                "invalid request body: json: cannot unmarshal %s into Go value of "
                                "type model.DeviceEvent",
-                               go_json_type(item));
+                               go_json_type_name(item));
             goto out;
         }
         if (json_is_object(item) &&
