@@ -126,19 +126,29 @@ static uint32_t random_u32(void)
     return r;
 }
 
+/* What a 2xx answer holds for hub_call_decode(). */
+enum call_answer { ANSWER_NONE, ANSWER_DEVICE, ANSWER_TWIN };
+
+/* One operation: what differs between them. Everything it points to is borrowed for the call. */
 struct call {
     const char *method;
     const char *prefix;    /* "/devices/" */
     const char *device_id; /* escaped into the path; NULL: none */
     const char *suffix;
     enum ratelimit_class rl_class;
-    unsigned rl_tokens;
+    unsigned rl_tokens; /* 0 counts as 1 */
     bool idempotent;
     const char *if_match;
     const char *continuation;
     unsigned max_items;
-    const char *body;
-    size_t body_len;
+    const char *body; /* JSON text; NULL: none */
+    /* hub_call_decode() only: the answer is decoded into out.device or out.twin (per `answer`),
+     * or checked and dropped where that is NULL. */
+    enum call_answer answer;
+    union {
+        struct hub_device *device;
+        struct hub_twin *twin;
+    } out;
 };
 
 static void herr_reset(struct hub_error *herr)
@@ -215,7 +225,8 @@ static enum iot_err hub_call(struct hub_client *c, const struct connstr *cs, con
 
     for (unsigned attempt = 1;; attempt++) {
         int64_t waited = 0;
-        rc = ratelimit_acquire(c->rl, cs->hostname, k->rl_class, k->rl_tokens, &waited, &ierr);
+        rc = ratelimit_acquire(c->rl, cs->hostname, k->rl_class, k->rl_tokens ? k->rl_tokens : 1,
+                               &waited, &ierr);
         if (rc == IOT_ERR_THROTTLED) {
             atomic_fetch_add(&c->n_refused, 1);
             hub_error_set(herr, HUB_ERR_THROTTLED, "%s", ierr.msg);
@@ -243,7 +254,7 @@ static enum iot_err hub_call(struct hub_client *c, const struct connstr *cs, con
                                        .continuation = k->continuation,
                                        .max_item_count = k->max_items,
                                        .body = k->body,
-                                       .body_len = k->body_len};
+                                       .body_len = k->body ? strlen(k->body) : 0};
         hub_http_response_clear(resp);
         atomic_fetch_add(&c->n_requests, 1);
         if (attempt > 1)
@@ -290,6 +301,52 @@ static json_t *answer_json(const struct hub_http_response *resp, struct hub_erro
     return j;
 }
 
+/* Decodes the device or twin (k->answer) a 2xx answer holds into k->out, or checks and drops it
+ * where that is NULL; the ETag header stands in for an etag the body lacks. k->out is left as it
+ * was on failure. */
+static enum iot_err answer_decode(const struct call *k, const struct hub_http_response *resp,
+                                  struct hub_error *herr)
+{
+    if (k->answer == ANSWER_NONE)
+        return IOT_OK;
+    json_t *j = answer_json(resp, herr);
+    if (!j)
+        return herr->code;
+    struct hub_device dev = {0};
+    struct hub_twin twin = {0};
+    _Static_assert(sizeof dev.etag == sizeof twin.etag, "one etag size");
+    bool is_device = k->answer == ANSWER_DEVICE;
+    enum iot_err rc =
+        is_device ? hub_device_from_json(j, &dev, herr) : hub_twin_from_json(j, &twin, herr);
+    json_decref(j);
+    if (rc != IOT_OK)
+        return rc;
+    char *etag = is_device ? dev.etag : twin.etag;
+    if (!etag[0])
+        snprintf(etag, sizeof dev.etag, "%s", resp->etag);
+    if (is_device && k->out.device)
+        *k->out.device = dev;
+    else if (is_device)
+        hub_device_clear(&dev);
+    else if (k->out.twin)
+        *k->out.twin = twin;
+    else
+        hub_twin_clear(&twin);
+    return IOT_OK;
+}
+
+/* hub_call for the operations that need no more of the answer than answer_decode() takes. */
+static enum iot_err hub_call_decode(struct hub_client *c, const struct connstr *cs,
+                                    const struct call *k, struct hub_error *herr)
+{
+    struct hub_http_response resp;
+    enum iot_err rc = hub_call(c, cs, k, &resp, herr);
+    if (rc == IOT_OK)
+        rc = answer_decode(k, &resp, herr);
+    hub_http_response_clear(&resp);
+    return rc;
+}
+
 /* Frees a JSON text that may contain keys. */
 static void free_secret_text(char *s)
 {
@@ -320,27 +377,20 @@ static enum iot_err finish(struct hub_error *local, struct hub_error *herr, enum
     return rc;
 }
 
-/* ---- devices ---- */
-
-static enum iot_err device_answer(const struct hub_http_response *resp, struct hub_device *out,
-                                  struct hub_error *herr)
+/* A whole operation on one device id (k->device_id, checked first): call, decode the answer,
+ * report into `herr` (may be NULL). */
+static enum iot_err hub_op_by_id(struct hub_client *c, const struct connstr *cs,
+                                 const struct call *k, struct hub_error *herr)
 {
-    json_t *j = answer_json(resp, herr);
-    if (!j)
-        return herr->code;
-    struct hub_device tmp;
-    enum iot_err rc = hub_device_from_json(j, &tmp, herr);
-    json_decref(j);
-    if (rc != IOT_OK)
-        return rc;
-    if (!tmp.etag[0])
-        snprintf(tmp.etag, sizeof tmp.etag, "%s", resp->etag);
-    if (out)
-        *out = tmp;
-    else
-        hub_device_clear(&tmp);
-    return IOT_OK;
+    struct hub_error e;
+    herr_reset(&e);
+    enum iot_err rc = check_id(k->device_id, &e);
+    if (rc == IOT_OK)
+        rc = hub_call_decode(c, cs, k, &e);
+    return finish(&e, herr, rc);
 }
+
+/* ---- devices ---- */
 
 enum iot_err hub_device_create(struct hub_client *c, const struct connstr *cs,
                                const struct hub_device_spec *spec, struct hub_device *out,
@@ -348,7 +398,6 @@ enum iot_err hub_device_create(struct hub_client *c, const struct connstr *cs,
 {
     struct hub_error e;
     herr_reset(&e);
-    struct hub_http_response resp = {0};
     char *body = NULL;
     json_t *doc = NULL;
     enum iot_err rc;
@@ -376,47 +425,35 @@ enum iot_err hub_device_create(struct hub_client *c, const struct connstr *cs,
                      .prefix = "/devices/",
                      .device_id = spec->device_id,
                      .rl_class = RATELIMIT_REGISTRY,
-                     .rl_tokens = 1,
                      .idempotent = false,
                      .body = body,
-                     .body_len = strlen(body)};
-    rc = hub_call(c, cs, &k, &resp, &e);
-    if (rc == IOT_OK)
-        rc = device_answer(&resp, out, &e);
+                     .answer = ANSWER_DEVICE,
+                     .out.device = out};
+    rc = hub_call_decode(c, cs, &k, &e);
 out:
     json_decref(doc);
     free_secret_text(body);
-    hub_http_response_clear(&resp);
     return finish(&e, herr, rc);
 }
 
-static enum iot_err device_get(struct hub_client *c, const struct connstr *cs, const char *id,
-                               struct hub_device *out, struct hub_error *e)
+/* GET /devices/{id}: the device into *out. */
+static struct call device_get_call(const char *id, struct hub_device *out)
 {
-    struct hub_http_response resp = {0};
-    struct call k = {.method = "GET",
-                     .prefix = "/devices/",
-                     .device_id = id,
-                     .rl_class = RATELIMIT_REGISTRY,
-                     .rl_tokens = 1,
-                     .idempotent = true};
-    enum iot_err rc = hub_call(c, cs, &k, &resp, e);
-    if (rc == IOT_OK)
-        rc = device_answer(&resp, out, e);
-    hub_http_response_clear(&resp);
-    return rc;
+    return (struct call){.method = "GET",
+                         .prefix = "/devices/",
+                         .device_id = id,
+                         .rl_class = RATELIMIT_REGISTRY,
+                         .idempotent = true,
+                         .answer = ANSWER_DEVICE,
+                         .out.device = out};
 }
 
 enum iot_err hub_device_get(struct hub_client *c, const struct connstr *cs, const char *device_id,
                             struct hub_device *out, struct hub_error *herr)
 {
-    struct hub_error e;
-    herr_reset(&e);
     memset(out, 0, sizeof *out);
-    enum iot_err rc = check_id(device_id, &e);
-    if (rc == IOT_OK)
-        rc = device_get(c, cs, device_id, out, &e);
-    return finish(&e, herr, rc);
+    struct call k = device_get_call(device_id, out);
+    return hub_op_by_id(c, cs, &k, herr);
 }
 
 /* The identity as read, with the new status, minus what the hub owns. Sending back the rest
@@ -473,7 +510,8 @@ enum iot_err hub_device_set_status(struct hub_client *c, const struct connstr *c
     }
     for (unsigned round = 1;; round++) {
         hub_device_clear(&cur);
-        if ((rc = device_get(c, cs, device_id, &cur, &e)) != IOT_OK)
+        struct call get = device_get_call(device_id, &cur);
+        if ((rc = hub_call_decode(c, cs, &get, &e)) != IOT_OK)
             goto out;
         if (cur.status == status &&
             (!status_reason || strcmp(cur.status_reason, status_reason) == 0))
@@ -489,28 +527,25 @@ enum iot_err hub_device_set_status(struct hub_client *c, const struct connstr *c
             rc = fail(&e, HUB_ERR_INTERNAL, "out of memory");
             goto out;
         }
-        struct hub_http_response resp = {0};
-        /* Conditional on the etag: repeating it cannot overwrite someone else's change. */
+        /* Conditional on the etag: repeating it cannot overwrite someone else's change. The
+         * device as written, in the answer, replaces `cur` (the body and etag are copies). */
+        hub_device_clear(&cur);
         struct call k = {.method = "PUT",
                          .prefix = "/devices/",
                          .device_id = device_id,
                          .rl_class = RATELIMIT_REGISTRY,
-                         .rl_tokens = 1,
                          .idempotent = true,
                          .if_match = if_match,
                          .body = body,
-                         .body_len = strlen(body)};
-        rc = hub_call(c, cs, &k, &resp, &e);
+                         .answer = ANSWER_DEVICE,
+                         .out.device = &cur};
+        rc = hub_call_decode(c, cs, &k, &e);
         free_secret_text(body);
         if (rc == IOT_OK) {
-            hub_device_clear(&cur);
-            rc = device_answer(&resp, &cur, &e);
-            hub_http_response_clear(&resp);
-            if (rc == IOT_OK && changed)
+            if (changed)
                 *changed = true;
             goto out;
         }
-        hub_http_response_clear(&resp);
         if (e.cls != HUB_ERR_PRECONDITION_FAILED || round >= c->opts.set_status_attempts)
             goto out;
     }
@@ -527,7 +562,6 @@ enum iot_err hub_device_delete(struct hub_client *c, const struct connstr *cs,
 {
     struct hub_error e;
     herr_reset(&e);
-    struct hub_http_response resp = {0};
     if (existed)
         *existed = false;
     enum iot_err rc = check_id(device_id, &e);
@@ -536,16 +570,14 @@ enum iot_err hub_device_delete(struct hub_client *c, const struct connstr *cs,
                          .prefix = "/devices/",
                          .device_id = device_id,
                          .rl_class = RATELIMIT_REGISTRY,
-                         .rl_tokens = 1,
                          .idempotent = true,
                          .if_match = "*"};
-        rc = hub_call(c, cs, &k, &resp, &e);
+        rc = hub_call_decode(c, cs, &k, &e);
         if (rc == IOT_OK && existed)
             *existed = true;
         else if (rc != IOT_OK && e.cls == HUB_ERR_NOT_FOUND)
             rc = IOT_OK; /* the goal, "no such device", holds */
     }
-    hub_http_response_clear(&resp);
     return finish(&e, herr, rc);
 }
 
@@ -574,8 +606,7 @@ enum iot_err hub_devices_bulk(struct hub_client *c, const struct connstr *cs,
                      .rl_class = RATELIMIT_REGISTRY,
                      .rl_tokens = (unsigned)n, /* the hub counts every device */
                      .idempotent = false,
-                     .body = body,
-                     .body_len = strlen(body)};
+                     .body = body};
     rc = hub_call(c, cs, &k, &resp, &e);
     /* 400 with a BulkRegistryOperationResult means "processed, some items failed". */
     if (rc == IOT_OK || resp.status == 400) {
@@ -603,7 +634,6 @@ enum iot_err hub_statistics(struct hub_client *c, const struct connstr *cs,
     struct call k = {.method = "GET",
                      .prefix = "/statistics/devices",
                      .rl_class = RATELIMIT_REGISTRY,
-                     .rl_tokens = 1,
                      .idempotent = true};
     enum iot_err rc = hub_call(c, cs, &k, &resp, &e);
     if (rc == IOT_OK) {
@@ -628,47 +658,18 @@ enum iot_err hub_statistics(struct hub_client *c, const struct connstr *cs,
 
 /* ---- twins ---- */
 
-static enum iot_err twin_answer(const struct hub_http_response *resp, struct hub_twin *out,
-                                struct hub_error *herr)
-{
-    json_t *j = answer_json(resp, herr);
-    if (!j)
-        return herr->code;
-    struct hub_twin tmp;
-    enum iot_err rc = hub_twin_from_json(j, &tmp, herr);
-    json_decref(j);
-    if (rc != IOT_OK)
-        return rc;
-    if (!tmp.etag[0])
-        snprintf(tmp.etag, sizeof tmp.etag, "%s", resp->etag);
-    if (out)
-        *out = tmp;
-    else
-        hub_twin_clear(&tmp);
-    return IOT_OK;
-}
-
 enum iot_err hub_twin_get(struct hub_client *c, const struct connstr *cs, const char *device_id,
                           struct hub_twin *out, struct hub_error *herr)
 {
-    struct hub_error e;
-    herr_reset(&e);
-    struct hub_http_response resp = {0};
     memset(out, 0, sizeof *out);
-    enum iot_err rc = check_id(device_id, &e);
-    if (rc == IOT_OK) {
-        struct call k = {.method = "GET",
-                         .prefix = "/twins/",
-                         .device_id = device_id,
-                         .rl_class = RATELIMIT_TWIN_READ,
-                         .rl_tokens = 1,
-                         .idempotent = true};
-        rc = hub_call(c, cs, &k, &resp, &e);
-        if (rc == IOT_OK)
-            rc = twin_answer(&resp, out, &e);
-    }
-    hub_http_response_clear(&resp);
-    return finish(&e, herr, rc);
+    struct call k = {.method = "GET",
+                     .prefix = "/twins/",
+                     .device_id = device_id,
+                     .rl_class = RATELIMIT_TWIN_READ,
+                     .idempotent = true,
+                     .answer = ANSWER_TWIN,
+                     .out.twin = out};
+    return hub_op_by_id(c, cs, &k, herr);
 }
 
 static enum iot_err twin_write(struct hub_client *c, const struct connstr *cs, const char *method,
@@ -678,7 +679,6 @@ static enum iot_err twin_write(struct hub_client *c, const struct connstr *cs, c
 {
     struct hub_error e;
     herr_reset(&e);
-    struct hub_http_response resp = {0};
     char *body = NULL;
     json_t *doc = NULL;
     if (out)
@@ -721,18 +721,15 @@ static enum iot_err twin_write(struct hub_client *c, const struct connstr *cs, c
                      .prefix = "/twins/",
                      .device_id = device_id,
                      .rl_class = RATELIMIT_TWIN_UPDATE,
-                     .rl_tokens = 1,
                      .idempotent = true,
                      .if_match = if_match ? quoted : NULL,
                      .body = body,
-                     .body_len = strlen(body)};
-    rc = hub_call(c, cs, &k, &resp, &e);
-    if (rc == IOT_OK)
-        rc = twin_answer(&resp, out, &e);
+                     .answer = ANSWER_TWIN,
+                     .out.twin = out};
+    rc = hub_call_decode(c, cs, &k, &e);
 out:
     json_decref(doc);
     free(body);
-    hub_http_response_clear(&resp);
     return finish(&e, herr, rc);
 }
 
@@ -794,12 +791,10 @@ enum iot_err hub_devices_query(struct hub_client *c, const struct connstr *cs,
     struct call k = {.method = "POST",
                      .prefix = "/devices/query",
                      .rl_class = RATELIMIT_QUERY,
-                     .rl_tokens = 1,
                      .idempotent = true, /* a read */
                      .continuation = continuation,
                      .max_items = c->opts.query_page_size,
-                     .body = body,
-                     .body_len = strlen(body)};
+                     .body = body};
     rc = hub_call(c, cs, &k, &resp, &e);
     if (rc != IOT_OK)
         goto out;
