@@ -24,14 +24,47 @@ static bool is_2xx(long st)
     return st >= 200 && st <= 299;
 }
 
-static enum iot_err push_workflows(struct mender_client *c, const char *tenant,
-                                   const char *device_id, const char *cs, const char *request_id,
-                                   struct iot_error *err)
+/* What every request of one delivery carries: its request id and, as the secret no message may
+ * echo, the connection string. All borrowed. */
+struct delivery {
+    struct mender_client *c;
+    const char *cs;
+    const char *request_id;
+};
+
+/* Sends one request of delivery `d` (`what` names it in messages; url and body borrowed).
+ * IOT_OK for a 2xx answer, whose body no caller needs; with `gone` not NULL also for a 404,
+ * which sets *gone: the device no longer exists. */
+static enum iot_err delivery_send(const struct delivery *d, const char *what, const char *method,
+                                  const char *url, const char *body, size_t body_len, bool *gone,
+                                  struct iot_error *err)
+{
+    struct mender_request req = {
+        .what = what,
+        .method = method,
+        .url = url,
+        .body = body,
+        .body_len = body_len,
+        .request_id = d->request_id,
+        .secret = d->cs,
+    };
+    struct mender_response resp;
+    enum iot_err rc = mender_http_perform(d->c, &req, &resp, err);
+    if (rc == IOT_OK && gone && resp.status == 404)
+        *gone = true;
+    else if (rc == IOT_OK && !is_2xx(resp.status))
+        rc = mender_status_error(&req, &resp, err);
+    mender_response_clear(&resp);
+    return rc;
+}
+
+static enum iot_err push_workflows(const struct delivery *d, const char *tenant,
+                                   const char *device_id, struct iot_error *err)
 {
     struct mender_buf url, body;
     mender_buf_init(&url, MENDER_URL_MAX);
     mender_buf_init(&body, 64 * 1024);
-    mender_buf_adds(&url, c->workflows_url);
+    mender_buf_adds(&url, d->c->workflows_url);
     mender_buf_adds(&url, "/api/v1/workflow/provision_external_device");
 
     mender_buf_adds(&body, "{\"tenant_id\":");
@@ -39,79 +72,49 @@ static enum iot_err push_workflows(struct mender_client *c, const char *tenant,
     mender_buf_adds(&body, ",\"device_id\":");
     mender_buf_add_json_string(&body, device_id);
     mender_buf_adds(&body, ",\"request_id\":");
-    mender_buf_add_json_string(&body, request_id);
+    mender_buf_add_json_string(&body, d->request_id);
     mender_buf_adds(&body, ",\"provider\":\"Azure\",\"configuration\":{\"" CONFIG_KEY "\":");
-    mender_buf_add_json_string(&body, cs);
+    mender_buf_add_json_string(&body, d->cs);
     mender_buf_adds(&body, "}}");
 
+    /* The answer ({"id","name"} of the job) is not needed: the job runs on its own. */
     enum iot_err rc;
-    if (url.failed || body.failed) {
+    if (url.failed || body.failed)
         rc = iot_error_set(err, IOT_ERR_INVALID,
                            "workflows provision_external_device: request too large");
-        goto out;
-    }
-    struct mender_request req = {
-        .what = "workflows provision_external_device",
-        .method = "POST",
-        .url = url.p,
-        .body = body.p,
-        .body_len = body.len,
-        .request_id = request_id,
-        .secret = cs,
-    };
-    struct mender_response resp;
-    rc = mender_http_perform(c, &req, &resp, err);
-    /* The answer ({"id","name"} of the job) is not needed: the job runs on its own. */
-    if (rc == IOT_OK && !is_2xx(resp.status))
-        rc = mender_status_error(&req, &resp, err);
-    mender_response_clear(&resp);
-out:
+    else
+        rc = delivery_send(d, "workflows provision_external_device", "POST", url.p, body.p,
+                           body.len, NULL, err);
     mender_buf_free(&url, false);
     mender_buf_free(&body, true);
     return rc;
 }
 
-static enum iot_err push_deviceconfig(struct mender_client *c, const char *tenant,
-                                      const char *device_id, const char *cs, const char *request_id,
-                                      struct iot_error *err)
+static enum iot_err push_deviceconfig(const struct delivery *d, const char *tenant,
+                                      const char *device_id, struct iot_error *err)
 {
     struct mender_buf url, body;
     mender_buf_init(&url, MENDER_URL_MAX);
     mender_buf_init(&body, 64 * 1024);
-    mender_buf_adds(&url, c->deviceconfig_url);
+    mender_buf_adds(&url, d->c->deviceconfig_url);
     mender_buf_adds(&url, "/api/internal/v1/deviceconfig/tenants/");
     mender_buf_add_path_segment(&url, tenant);
     mender_buf_adds(&url, "/configurations/device/");
     mender_buf_add_path_segment(&url, device_id);
     mender_buf_adds(&body, "{\"" CONFIG_KEY "\":");
-    mender_buf_add_json_string(&body, cs);
+    mender_buf_add_json_string(&body, d->cs);
     mender_buf_addc(&body, '}');
 
     enum iot_err rc;
-    struct mender_response resp = {0};
+    bool gone = false;
     if (url.failed || body.failed) {
         rc = iot_error_set(err, IOT_ERR_INVALID, "deviceconfig configuration: request too large");
         goto out;
     }
-    struct mender_request patch = {
-        .what = "deviceconfig configuration update",
-        .method = "PATCH",
-        .url = url.p,
-        .body = body.p,
-        .body_len = body.len,
-        .request_id = request_id,
-        .secret = cs,
-    };
-    rc = mender_http_perform(c, &patch, &resp, err);
-    if (rc != IOT_OK)
+    rc = delivery_send(d, "deviceconfig configuration update", "PATCH", url.p, body.p, body.len,
+                       &gone, err);
+    if (rc != IOT_OK || gone) /* gone: nothing to configure or deploy */
         goto out;
-    if (resp.status == 404) /* the device is gone: nothing to configure or deploy */
-        goto out;
-    if (!is_2xx(resp.status)) {
-        rc = mender_status_error(&patch, &resp, err);
-        goto out;
-    }
-    mender_response_clear(&resp);
 
     mender_buf_adds(&url, "/deploy");
     if (url.failed) {
@@ -119,20 +122,9 @@ static enum iot_err push_deviceconfig(struct mender_client *c, const char *tenan
         goto out;
     }
     static const char deploy_body[] = "{\"retries\":1}";
-    struct mender_request deploy = {
-        .what = "deviceconfig deploy",
-        .method = "POST",
-        .url = url.p,
-        .body = deploy_body,
-        .body_len = sizeof deploy_body - 1,
-        .request_id = request_id,
-        .secret = cs,
-    };
-    rc = mender_http_perform(c, &deploy, &resp, err);
-    if (rc == IOT_OK && !is_2xx(resp.status))
-        rc = mender_status_error(&deploy, &resp, err);
+    rc = delivery_send(d, "deviceconfig deploy", "POST", url.p, deploy_body, sizeof deploy_body - 1,
+                       NULL, err);
 out:
-    mender_response_clear(&resp);
     mender_buf_free(&url, false);
     mender_buf_free(&body, true);
     return rc;
@@ -150,7 +142,8 @@ enum iot_err mender_configure_push(struct mender_client *c, const char *tenant,
         tenant = ""; /* open source: the single tenant has the empty id */
     if (!request_id)
         request_id = "";
+    const struct delivery d = {.c = c, .cs = connection_string, .request_id = request_id};
     if (c->mode == CONFIGURE_MODE_DEVICECONFIG)
-        return push_deviceconfig(c, tenant, device_id, connection_string, request_id, err);
-    return push_workflows(c, tenant, device_id, connection_string, request_id, err);
+        return push_deviceconfig(&d, tenant, device_id, err);
+    return push_workflows(&d, tenant, device_id, err);
 }
