@@ -483,14 +483,15 @@ static enum iot_err dlq_bounds(struct queue *q, uint64_t *first, uint64_t *last,
     return IOT_OK;
 }
 
-enum iot_err queue_dlq_list(struct queue *q,
-                            enum iot_err (*fn)(const struct queue_dead_letter_entry *e, void *ctx),
-                            void *ctx, struct iot_error *err)
+/* Calls `visit` on every dead letter stored when the walk starts, oldest first, until it fails.
+ * The message is only borrowed for the call. */
+static enum iot_err dlq_walk(struct queue *q,
+                             enum iot_err (*visit)(struct queue *q, natsMsg *m, uint64_t seq,
+                                                   void *ctx, struct iot_error *err),
+                             void *ctx, struct iot_error *err)
 {
-    uint64_t seq, last;
-    enum iot_err rc = queue_check_ready(q, "listing dead letters", err);
-    if (rc == IOT_OK)
-        rc = dlq_bounds(q, &seq, &last, err);
+    uint64_t seq = 1, last = 0; /* an empty range, for the compiler's sake */
+    enum iot_err rc = dlq_bounds(q, &seq, &last, err);
     /* Bounded by the last sequence seen now: each step moves past one stored message. */
     while (rc == IOT_OK && seq <= last) {
         natsMsg *m = NULL;
@@ -506,22 +507,49 @@ enum iot_err queue_dlq_list(struct queue *q,
             natsMsg_Destroy(m);
             break;
         }
-        const char *kind = dlq_kind(m);
-        uint64_t t = header_u64(m, HDR_TIME);
-        struct queue_dead_letter_entry e = {
-            .dlq_seq = got,
-            .original_seq = header_u64(m, HDR_ORIG_SEQ),
-            .kind = kind ? kind : "",
-            .reason = header_str(m, HDR_REASON),
-            .deliveries = header_u64(m, HDR_DELIVERIES),
-            .time_ms = t ? (int64_t)t : natsMsg_GetTime(m) / 1000000,
-            .data = natsMsg_GetData(m),
-            .len = (size_t)natsMsg_GetDataLength(m),
-        };
-        rc = fn(&e, ctx);
+        rc = visit(q, m, got, ctx, err);
         natsMsg_Destroy(m);
         seq = got + 1;
     }
+    return rc;
+}
+
+/* The callback queue_dlq_list was given, and its context. */
+struct dlq_lister {
+    enum iot_err (*fn)(const struct queue_dead_letter_entry *e, void *ctx);
+    void *ctx;
+};
+
+/* Hands one dead letter to the lister as an entry (dlq_walk visitor; `ctx` is the lister). */
+static enum iot_err list_one(struct queue *q, natsMsg *m, uint64_t seq, void *ctx,
+                             struct iot_error *err)
+{
+    (void)q;
+    (void)err;
+    const struct dlq_lister *l = ctx;
+    const char *kind = dlq_kind(m);
+    uint64_t t = header_u64(m, HDR_TIME);
+    struct queue_dead_letter_entry e = {
+        .dlq_seq = seq,
+        .original_seq = header_u64(m, HDR_ORIG_SEQ),
+        .kind = kind ? kind : "",
+        .reason = header_str(m, HDR_REASON),
+        .deliveries = header_u64(m, HDR_DELIVERIES),
+        .time_ms = t ? (int64_t)t : natsMsg_GetTime(m) / 1000000,
+        .data = natsMsg_GetData(m),
+        .len = (size_t)natsMsg_GetDataLength(m),
+    };
+    return l->fn(&e, l->ctx);
+}
+
+enum iot_err queue_dlq_list(struct queue *q,
+                            enum iot_err (*fn)(const struct queue_dead_letter_entry *e, void *ctx),
+                            void *ctx, struct iot_error *err)
+{
+    struct dlq_lister l = {.fn = fn, .ctx = ctx};
+    enum iot_err rc = queue_check_ready(q, "listing dead letters", err);
+    if (rc == IOT_OK)
+        rc = dlq_walk(q, list_one, &l, err);
     return rc;
 }
 
@@ -554,6 +582,15 @@ static enum iot_err replay_one(struct queue *q, natsMsg *m, uint64_t seq, struct
     return IOT_OK;
 }
 
+/* replay_one as a dlq_walk visitor; `ctx` is the size_t count of letters replayed. */
+static enum iot_err replay_counted(struct queue *q, natsMsg *m, uint64_t seq, void *ctx,
+                                   struct iot_error *err)
+{
+    enum iot_err rc = replay_one(q, m, seq, err);
+    *(size_t *)ctx += rc == IOT_OK;
+    return rc;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -568,30 +605,8 @@ enum iot_err queue_dlq_replay(struct queue *q, const uint64_t *seqs, size_t n, b
     if (rc != IOT_OK)
         return rc;
 
-    if (all) {
-        uint64_t seq, last;
-        rc = dlq_bounds(q, &seq, &last, err);
-        while (rc == IOT_OK && seq <= last) {
-            natsMsg *m = NULL;
-            rc = dlq_get(q, seq, true, &m, err);
-            if (rc == IOT_ERR_NOT_FOUND) {
-                rc = IOT_OK;
-                break;
-            }
-            if (rc != IOT_OK)
-                break;
-            uint64_t got = natsMsg_GetSequence(m);
-            if (got > last || got < seq) {
-                natsMsg_Destroy(m);
-                break;
-            }
-            rc = replay_one(q, m, got, err);
-            natsMsg_Destroy(m);
-            *replayed += rc == IOT_OK;
-            seq = got + 1;
-        }
-        return rc;
-    }
+    if (all)
+        return dlq_walk(q, replay_counted, replayed, err);
     if (n == 0)
         return IOT_OK;
 
