@@ -133,40 +133,49 @@ static bool devices_update(struct mongo_store *ms, const bson_t *filter, const b
     return ok;
 }
 
-/* ---- devices ---- */
-
-struct device_sink {
-    struct device_list *list;
-    size_t cap;
+/* Gathers the documents of a find into a growing array of `size`-byte items, each filled by
+ * `decode`. The array (owned, `len` items filled) goes to the caller's list after the find,
+ * even a failed one, whose clear frees it. */
+struct item_sink {
+    enum iot_err (*decode)(const bson_t *doc, void *item, struct iot_error *err);
+    size_t size;
+    void *items;
+    size_t len, cap;
 };
 
-static enum iot_err push_device(const bson_t *doc, void *ctx, struct iot_error *err)
+static enum iot_err push_item(const bson_t *doc, void *ctx, struct iot_error *err)
 {
-    struct device_sink *sink = ctx;
-    struct device_list *list = sink->list;
-    struct device_record *items = store_grow(list->items, &sink->cap, list->len, sizeof *items);
+    struct item_sink *sink = ctx;
+    char *items = store_grow(sink->items, &sink->cap, sink->len, sink->size);
     if (!items)
         return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
-    list->items = items;
-    enum iot_err rc = mongo_device_from_bson(doc, &list->items[list->len], err);
+    sink->items = items;
+    enum iot_err rc = sink->decode(doc, items + sink->len * sink->size, err);
     if (rc == IOT_OK)
-        list->len++;
+        sink->len++;
     return rc;
+}
+
+/* ---- devices ---- */
+
+static enum iot_err decode_device(const bson_t *doc, void *item, struct iot_error *err)
+{
+    return mongo_device_from_bson(doc, item, err);
 }
 
 enum iot_err mongo_device_get(struct store *st, const char *tenant, const char *device_id,
                               struct device_record *out, struct iot_error *err)
 {
-    struct device_list list = {0};
-    struct device_sink sink = {.list = &list};
+    struct item_sink sink = {.decode = decode_device, .size = sizeof *out};
     memset(out, 0, sizeof *out);
     enum iot_err rc = check_device_args(tenant, device_id, err);
     if (rc != IOT_OK)
         return rc;
     bson_t *filter = BCON_NEW("_id", BCON_UTF8(device_id), "tenant_id", BCON_UTF8(tenant));
     bson_t *opts = BCON_NEW("limit", BCON_INT64(1));
-    rc = mongo_find_each(mongo_of(st), MONGO_COLL_DEVICES, filter, opts, push_device, &sink,
+    rc = mongo_find_each(mongo_of(st), MONGO_COLL_DEVICES, filter, opts, push_item, &sink,
                          "failed to fetch device", err);
+    struct device_list list = {.items = sink.items, .len = sink.len};
     if (rc == IOT_OK && list.len == 0)
         rc = iot_error_set(err, IOT_ERR_NOT_FOUND, "device not found");
     if (rc == IOT_OK) {
@@ -179,34 +188,29 @@ enum iot_err mongo_device_get(struct store *st, const char *tenant, const char *
     return rc;
 }
 
-enum iot_err mongo_device_link(struct store *st, const char *tenant, const char *device_id,
-                               const struct uuid *integration_id, struct iot_error *err)
+/* Applies `update` (borrowed; NULL: it could not be built) to the tenant's device under the
+ * device's write lock; with `upsert` a missing device is created. */
+static enum iot_err device_update_locked(struct mongo_store *ms, const char *tenant,
+                                         const char *device_id, const bson_t *update, bool upsert,
+                                         struct iot_error *err)
 {
-    struct mongo_store *ms = mongo_of(st);
     enum iot_err rc = check_device_args(tenant, device_id, err);
     if (rc != IOT_OK)
         return rc;
+    if (!update)
+        return build_failed(err);
     bson_error_t error;
-    bson_t update = BSON_INITIALIZER, add;
     bson_t *filter = BCON_NEW("_id", BCON_UTF8(device_id), "tenant_id", BCON_UTF8(tenant));
-    bson_t *upsert = BCON_NEW("upsert", BCON_BOOL(true));
-    bool ok = BSON_APPEND_DOCUMENT_BEGIN(&update, "$addToSet", &add);
-    ok = ok && mongo_append_uuid(&add, "integration_ids", integration_id);
-    ok = bson_append_document_end(&update, &add) && ok;
-    if (!ok) {
-        rc = build_failed(err);
-        goto out;
-    }
-
+    bson_t *opts = upsert ? BCON_NEW("upsert", BCON_BOOL(true)) : NULL;
     pthread_mutex_t *mu = device_lock(ms, device_id);
     pthread_mutex_lock(mu);
     int64_t matched = 0;
-    ok = devices_update(ms, filter, &update, upsert, false, &matched, &error);
+    bool ok = devices_update(ms, filter, update, opts, false, &matched, &error);
     /* Two upserts of a new device race to insert it and the loser hits the unique _id
      * (11000; MongoDB does not retry it for a filter with more than _id, FerretDB never
      * does). The document exists by now: the same update without upsert finishes the job. */
-    if (!ok && error.code == MONGO_CODE_DUPLICATE_KEY) {
-        ok = devices_update(ms, filter, &update, NULL, false, &matched, &error);
+    if (!ok && upsert && error.code == MONGO_CODE_DUPLICATE_KEY) {
+        ok = devices_update(ms, filter, update, NULL, false, &matched, &error);
         if (ok && matched == 0)
             rc = iot_error_set(err, IOT_ERR_CONFLICT,
                                "device id is already registered to another tenant");
@@ -214,9 +218,20 @@ enum iot_err mongo_device_link(struct store *st, const char *tenant, const char 
     pthread_mutex_unlock(mu);
     if (!ok)
         rc = mongo_error_set(err, &error, "failed to update device");
-out:
-    bson_destroy(upsert);
+    bson_destroy(opts);
     bson_destroy(filter);
+    return rc;
+}
+
+enum iot_err mongo_device_link(struct store *st, const char *tenant, const char *device_id,
+                               const struct uuid *integration_id, struct iot_error *err)
+{
+    bson_t update = BSON_INITIALIZER, add;
+    bool ok = BSON_APPEND_DOCUMENT_BEGIN(&update, "$addToSet", &add);
+    ok = ok && mongo_append_uuid(&add, "integration_ids", integration_id);
+    ok = bson_append_document_end(&update, &add) && ok;
+    enum iot_err rc =
+        device_update_locked(mongo_of(st), tenant, device_id, ok ? &update : NULL, true, err);
     bson_destroy(&update);
     return rc;
 }
@@ -224,26 +239,10 @@ out:
 enum iot_err mongo_device_unlink(struct store *st, const char *tenant, const char *device_id,
                                  const struct uuid *integration_id, struct iot_error *err)
 {
-    struct mongo_store *ms = mongo_of(st);
-    enum iot_err rc = check_device_args(tenant, device_id, err);
-    if (rc != IOT_OK)
-        return rc;
-    bson_error_t error;
     bson_t update = BSON_INITIALIZER;
-    bson_t *filter = BCON_NEW("_id", BCON_UTF8(device_id), "tenant_id", BCON_UTF8(tenant));
-    if (!build_pull(&update, integration_id)) {
-        rc = build_failed(err);
-        goto out;
-    }
-    pthread_mutex_t *mu = device_lock(ms, device_id);
-    pthread_mutex_lock(mu);
-    int64_t matched = 0;
-    bool ok = devices_update(ms, filter, &update, NULL, false, &matched, &error);
-    pthread_mutex_unlock(mu);
-    if (!ok)
-        rc = mongo_error_set(err, &error, "failed to update device");
-out:
-    bson_destroy(filter);
+    bool ok = build_pull(&update, integration_id);
+    enum iot_err rc =
+        device_update_locked(mongo_of(st), tenant, device_id, ok ? &update : NULL, false, err);
     bson_destroy(&update);
     return rc;
 }
@@ -277,7 +276,7 @@ enum iot_err mongo_device_delete(struct store *st, const char *tenant, const cha
 enum iot_err mongo_devices_page(struct store *st, const char *after_tenant, const char *after_id,
                                 size_t limit, struct device_list *out, struct iot_error *err)
 {
-    struct device_sink sink = {.list = out};
+    struct item_sink sink = {.decode = decode_device, .size = sizeof *out->items};
     out->items = NULL;
     out->len = 0;
     if (limit == 0)
@@ -295,8 +294,10 @@ enum iot_err mongo_devices_page(struct store *st, const char *after_tenant, cons
                           BCON_UTF8(after_id), "}", "}", "]");
     bson_t *opts = BCON_NEW("sort", "{", "tenant_id", BCON_INT32(1), "_id", BCON_INT32(1), "}",
                             "limit", BCON_INT64(limit > INT64_MAX ? INT64_MAX : (int64_t)limit));
-    enum iot_err rc = mongo_find_each(mongo_of(st), MONGO_COLL_DEVICES, filter, opts, push_device,
+    enum iot_err rc = mongo_find_each(mongo_of(st), MONGO_COLL_DEVICES, filter, opts, push_item,
                                       &sink, "failed to fetch devices", err);
+    out->items = sink.items;
+    out->len = sink.len;
     if (rc != IOT_OK)
         device_list_clear(out);
     bson_destroy(opts);
@@ -361,30 +362,16 @@ out:
     return rc;
 }
 
-struct event_sink {
-    struct event_list *list;
-    size_t cap;
-};
-
-static enum iot_err push_event(const bson_t *doc, void *ctx, struct iot_error *err)
+static enum iot_err decode_event(const bson_t *doc, void *item, struct iot_error *err)
 {
-    struct event_sink *sink = ctx;
-    struct event_list *list = sink->list;
-    struct event_record *items = store_grow(list->items, &sink->cap, list->len, sizeof *items);
-    if (!items)
-        return iot_error_set(err, IOT_ERR_NOMEM, "out of memory");
-    list->items = items;
-    enum iot_err rc = mongo_event_from_bson(doc, &list->items[list->len], err);
-    if (rc == IOT_OK)
-        list->len++;
-    return rc;
+    return mongo_event_from_bson(doc, item, err);
 }
 
 enum iot_err mongo_events_list(struct store *st, const char *tenant,
                                const struct uuid *integration_id, int64_t skip, int64_t limit,
                                struct event_list *out, struct iot_error *err)
 {
-    struct event_sink sink = {.list = out};
+    struct item_sink sink = {.decode = decode_event, .size = sizeof *out->items};
     out->items = NULL;
     out->len = 0;
     if (!tenant)
@@ -403,8 +390,10 @@ enum iot_err mongo_events_list(struct store *st, const char *tenant,
         rc = build_failed(err);
         goto out;
     }
-    rc = mongo_find_each(mongo_of(st), MONGO_COLL_LOG, &filter, opts, push_event, &sink,
+    rc = mongo_find_each(mongo_of(st), MONGO_COLL_LOG, &filter, opts, push_item, &sink,
                          "failed to fetch events", err);
+    out->items = sink.items;
+    out->len = sink.len;
 out:
     if (rc != IOT_OK)
         event_list_clear(out);
