@@ -54,6 +54,12 @@ enum iot_err app_integrations_list(struct app *app, const char *tenant,
 enum iot_err app_integration_get(struct app *app, const char *tenant, const struct uuid *id,
                                  struct integration *out, struct iot_error *err);
 
+/* The same, only when the device's record links the integration (NOT_FOUND "integration not
+ * found" when the device is unknown or not linked to it). */
+enum iot_err app_device_integration_get(struct app *app, const char *tenant, const char *device_id,
+                                        const struct uuid *id, struct integration *out,
+                                        struct iot_error *err);
+
 /* Creates an integration from a validated request (plaintext secrets in `in`, which is consumed:
  * its secrets are sealed in place). A new random id is written to `id_out`.
  * CONFLICT "integration already exists" when the tenant has one. */

@@ -47,6 +47,10 @@ struct store_ops {
                                   struct iot_error *err);
     enum iot_err (*device_get)(struct store *st, const char *tenant, const char *device_id,
                                struct device_record *out, struct iot_error *err);
+    /* Optional (NULL: the dispatcher reads the device record, then the integration). */
+    enum iot_err (*device_integration_get)(struct store *st, const char *tenant,
+                                           const char *device_id, const struct uuid *integration_id,
+                                           struct integration *out, struct iot_error *err);
     enum iot_err (*device_link)(struct store *st, const char *tenant, const char *device_id,
                                 const struct uuid *integration_id, struct iot_error *err);
     enum iot_err (*device_unlink)(struct store *st, const char *tenant, const char *device_id,
@@ -139,6 +143,12 @@ enum iot_err store_events_expire(struct store *st, int64_t now_ms, int64_t *remo
 /* The device's record (NOT_FOUND "device not found" when there is none). `out` caller-owned. */
 enum iot_err store_device_get(struct store *st, const char *tenant, const char *device_id,
                               struct device_record *out, struct iot_error *err);
+/* Integration `integration_id` of `tenant`, provided the device's record links it: NOT_FOUND
+ * "integration not found" when the device is unknown, not linked to it or the integration is
+ * gone. The twin endpoints' lookup, one read where the adapter can join. `out` caller-owned. */
+enum iot_err store_device_integration_get(struct store *st, const char *tenant,
+                                          const char *device_id, const struct uuid *integration_id,
+                                          struct integration *out, struct iot_error *err);
 /* Creates the record if needed and adds the integration to it (idempotent, as Mender's
  * $addToSet upsert). */
 enum iot_err store_device_link(struct store *st, const char *tenant, const char *device_id,

@@ -86,6 +86,18 @@ enum iot_err app_integration_get(struct app *app, const char *tenant, const stru
     return rc;
 }
 
+enum iot_err app_device_integration_get(struct app *app, const char *tenant, const char *device_id,
+                                        const struct uuid *id, struct integration *out,
+                                        struct iot_error *err)
+{
+    enum iot_err rc = store_device_integration_get(app->store, tenant, device_id, id, out, err);
+    if (rc == IOT_OK)
+        rc = open_integration(app, out, err);
+    if (rc != IOT_OK)
+        integration_clear(out);
+    return rc;
+}
+
 enum iot_err app_integration_create(struct app *app, const char *tenant, struct integration *in,
                                     struct uuid *id_out, struct iot_error *err)
 {

@@ -241,19 +241,8 @@ static enum iot_err linked_integration(struct app *app, const char *tenant, cons
                                        const struct uuid *integration_id, struct integration *out,
                                        struct iot_error *err)
 {
-    struct device_record dev = {0};
-    enum iot_err rc = store_device_get(app->store, tenant, device_id, &dev, err);
-    if (rc == IOT_ERR_NOT_FOUND)
-        return iot_error_set(err, IOT_ERR_NOT_FOUND, "integration not found");
+    enum iot_err rc = app_device_integration_get(app, tenant, device_id, integration_id, out, err);
     if (rc != IOT_OK)
-        return rc;
-    bool linked = false;
-    for (size_t i = 0; i < dev.n_integrations && !linked; i++)
-        linked = uuid_equal(&dev.integration_ids[i], integration_id);
-    device_record_clear(&dev);
-    if (!linked)
-        return iot_error_set(err, IOT_ERR_NOT_FOUND, "integration not found");
-    if ((rc = app_integration_get(app, tenant, integration_id, out, err)) != IOT_OK)
         return rc;
     if (out->provider != PROVIDER_IOT_HUB) {
         integration_clear(out);

@@ -3,6 +3,7 @@
  * callers pass. */
 #include <stddef.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #include "iot-manager/metrics.h"
@@ -117,6 +118,41 @@ enum iot_err store_device_get(struct store *st, const char *tenant, const char *
                               struct device_record *out, struct iot_error *err)
 {
     STORE_TIMED(st, "device_get", st->ops->device_get(st, tenant, device_id, out, err));
+}
+
+/* Two reads: for adapters that cannot join the device record and its integration. */
+static enum iot_err device_integration_get_by_parts(struct store *st, const char *tenant,
+                                                    const char *device_id,
+                                                    const struct uuid *integration_id,
+                                                    struct integration *out, struct iot_error *err)
+{
+    struct device_record dev = {0};
+    enum iot_err rc = st->ops->device_get(st, tenant, device_id, &dev, err);
+    if (rc != IOT_OK)
+        return rc == IOT_ERR_NOT_FOUND ? iot_error_set(err, rc, "integration not found") : rc;
+    bool linked = false;
+    for (size_t i = 0; i < dev.n_integrations && !linked; i++)
+        linked = uuid_equal(&dev.integration_ids[i], integration_id);
+    device_record_clear(&dev);
+    if (!linked)
+        return iot_error_set(err, IOT_ERR_NOT_FOUND, "integration not found");
+    rc = st->ops->integration_get(st, tenant, integration_id, out, err);
+    if (rc == IOT_ERR_NOT_FOUND)
+        return iot_error_set(err, rc, "integration not found");
+    return rc;
+}
+
+enum iot_err store_device_integration_get(struct store *st, const char *tenant,
+                                          const char *device_id, const struct uuid *integration_id,
+                                          struct integration *out, struct iot_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (st->ops->device_integration_get)
+        STORE_TIMED(
+            st, "device_integration_get",
+            st->ops->device_integration_get(st, tenant, device_id, integration_id, out, err));
+    STORE_TIMED(st, "device_integration_get",
+                device_integration_get_by_parts(st, tenant, device_id, integration_id, out, err));
 }
 
 enum iot_err store_device_link(struct store *st, const char *tenant, const char *device_id,

@@ -1401,6 +1401,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(contract_test_device_tenant_isolation, setup_migrated,
                                         teardown),
+        cmocka_unit_test_setup_teardown(contract_test_device_integration_get, setup_migrated,
+                                        teardown),
         cmocka_unit_test_setup_teardown(contract_test_devices_page, setup_migrated, teardown),
         cmocka_unit_test_setup_teardown(contract_test_integration_unlink_all, setup_migrated,
                                         teardown),

@@ -940,6 +940,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_malformed_row_is_internal, setup, teardown),
         cmocka_unit_test_setup_teardown(contract_test_device_link_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(contract_test_device_tenant_isolation, setup, teardown),
+        cmocka_unit_test_setup_teardown(contract_test_device_integration_get, setup, teardown),
         cmocka_unit_test_setup_teardown(contract_test_devices_page, setup, teardown),
         cmocka_unit_test_setup_teardown(contract_test_integration_unlink_all, setup, teardown),
         cmocka_unit_test_setup_teardown(contract_test_events_insert_and_list, setup, teardown),

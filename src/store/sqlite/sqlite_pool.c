@@ -39,6 +39,12 @@ static const char *const sq_stmt_sql[SQ_STMT__COUNT] = {
                            " LEFT JOIN device_integrations l"
                            "   ON l.tenant_id = d.tenant_id AND l.device_id = d.id"
                            " WHERE d.tenant_id = ?1 AND d.id = ?2 ORDER BY l.rowid",
+    /* The link's primary key, then the integration's: no sort, no scan. */
+    [SQ_STMT_DEVICE_INTEGRATION_GET] = "SELECT i.id, i.tenant_id, i.provider, i.description,"
+                                       " i.credentials FROM device_integrations l"
+                                       " JOIN integrations i ON i.id = l.integration_id"
+                                       " WHERE l.tenant_id = ?1 AND l.device_id = ?2"
+                                       "   AND l.integration_id = ?3 AND i.tenant_id = ?1",
     [SQ_STMT_DEVICE_INSERT] = "INSERT OR IGNORE INTO devices (tenant_id, id) VALUES (?1, ?2)",
     [SQ_STMT_DEVICE_LINK] = "INSERT OR IGNORE INTO device_integrations"
                             " (tenant_id, device_id, integration_id) VALUES (?1, ?2, ?3)",

@@ -80,37 +80,6 @@ static enum iot_err sq_collect_devices(sqlite3 *db, sqlite3_stmt *s, struct devi
     return IOT_OK;
 }
 
-enum iot_err sq_device_get(struct store *base, const char *tenant, const char *device_id,
-                           struct device_record *out, struct iot_error *err)
-{
-    struct sq_store *st = sq_of(base);
-    struct device_list list = {0};
-    memset(out, 0, sizeof *out);
-    enum iot_err rc = sq_check_args(tenant, device_id, err);
-    if (rc != IOT_OK)
-        return rc;
-    struct sq_conn *c = NULL;
-    sqlite3_stmt *s = NULL;
-    if ((rc = sq_checkout(st, SQ_STMT_DEVICE_GET, &c, &s, err)) != IOT_OK)
-        return rc;
-    int src = sq_bind_text(s, SQLITE_OK, 1, tenant);
-    src = sq_bind_text(s, src, 2, device_id);
-    /* one statement: the record and its links come from one snapshot */
-    if (src != SQLITE_OK)
-        rc = sq_fail(err, c->db, src, "reading device");
-    else
-        rc = sq_collect_devices(c->db, s, &list, "reading device", err);
-    sq_checkin(st, c, s);
-    if (rc == IOT_OK && list.len == 0)
-        rc = iot_error_set(err, IOT_ERR_NOT_FOUND, "device not found");
-    if (rc == IOT_OK) {
-        *out = list.items[0];
-        memset(&list.items[0], 0, sizeof list.items[0]);
-    }
-    device_list_clear(&list);
-    return rc;
-}
-
 /* Binds ?1 tenant, ?2 device id (when not NULL) and the integration id as the next parameter
  * (when not NULL and the statement has one); all borrowed until sq_stmt_done. */
 static int sq_bind_device(sqlite3_stmt *s, const char *tenant, const char *device_id,
@@ -123,6 +92,67 @@ static int sq_bind_device(sqlite3_stmt *s, const char *tenant, const char *devic
     if (integration_id && next <= sqlite3_bind_parameter_count(s))
         src = sq_bind_uuid(s, src, next, integration_id);
     return src;
+}
+
+/* Checks out `id` with ?1 tenant, ?2 device id and ?3 integration id (when not NULL) bound;
+ * *c and *s go back with sq_checkin, which the caller owes only on success. */
+static enum iot_err sq_checkout_device(struct sq_store *st, enum sq_stmt_id id, const char *tenant,
+                                       const char *device_id, const struct uuid *integration_id,
+                                       const char *what, struct sq_conn **c, sqlite3_stmt **s,
+                                       struct iot_error *err)
+{
+    enum iot_err rc = sq_check_args(tenant, device_id, err);
+    if (rc != IOT_OK || (rc = sq_checkout(st, id, c, s, err)) != IOT_OK)
+        return rc;
+    int src = sq_bind_device(*s, tenant, device_id, integration_id);
+    if (src == SQLITE_OK)
+        return IOT_OK;
+    rc = sq_fail(err, (*c)->db, src, what);
+    sq_checkin(st, *c, *s);
+    return rc;
+}
+
+enum iot_err sq_device_get(struct store *base, const char *tenant, const char *device_id,
+                           struct device_record *out, struct iot_error *err)
+{
+    struct sq_store *st = sq_of(base);
+    struct device_list list = {0};
+    memset(out, 0, sizeof *out);
+    struct sq_conn *c = NULL;
+    sqlite3_stmt *s = NULL;
+    enum iot_err rc = sq_checkout_device(st, SQ_STMT_DEVICE_GET, tenant, device_id, NULL,
+                                         "reading device", &c, &s, err);
+    if (rc != IOT_OK)
+        return rc;
+    /* one statement: the record and its links come from one snapshot */
+    rc = sq_collect_devices(c->db, s, &list, "reading device", err);
+    sq_checkin(st, c, s);
+    if (rc == IOT_OK && list.len == 0)
+        rc = iot_error_set(err, IOT_ERR_NOT_FOUND, "device not found");
+    if (rc == IOT_OK) {
+        *out = list.items[0];
+        memset(&list.items[0], 0, sizeof list.items[0]);
+    }
+    device_list_clear(&list);
+    return rc;
+}
+
+enum iot_err sq_device_integration_get(struct store *base, const char *tenant,
+                                       const char *device_id, const struct uuid *integration_id,
+                                       struct integration *out, struct iot_error *err)
+{
+    struct sq_store *st = sq_of(base);
+    memset(out, 0, sizeof *out);
+    struct sq_conn *c = NULL;
+    sqlite3_stmt *s = NULL;
+    const char *what = "reading the device's integration";
+    enum iot_err rc = sq_checkout_device(st, SQ_STMT_DEVICE_INTEGRATION_GET, tenant, device_id,
+                                         integration_id, what, &c, &s, err);
+    if (rc != IOT_OK)
+        return rc;
+    rc = sq_step_integration(c->db, s, out, what, err);
+    sq_checkin(st, c, s);
+    return rc;
 }
 
 enum iot_err sq_write_tx(struct sq_store *st, const enum sq_stmt_id *ids, size_t n,

@@ -73,8 +73,7 @@ static char *sq_column_strdup(sqlite3_stmt *s, int col, bool *nomem)
 
 /* Reads the current row (columns id, tenant_id, provider, description, credentials) into
  * *out (caller-owned; left zeroed on failure). */
-static enum iot_err sq_row_integration(sqlite3_stmt *s, struct integration *out,
-                                       struct iot_error *err)
+enum iot_err sq_row_integration(sqlite3_stmt *s, struct integration *out, struct iot_error *err)
 {
     memset(out, 0, sizeof *out);
     enum iot_err rc = IOT_OK;
@@ -108,6 +107,17 @@ out:
     return rc;
 }
 
+enum iot_err sq_step_integration(sqlite3 *db, sqlite3_stmt *s, struct integration *out,
+                                 const char *what, struct iot_error *err)
+{
+    int src = sqlite3_step(s);
+    if (src == SQLITE_ROW)
+        return sq_row_integration(s, out, err);
+    if (src == SQLITE_DONE)
+        return iot_error_set(err, IOT_ERR_NOT_FOUND, "integration not found");
+    return sq_fail(err, db, src, what);
+}
+
 /* Steps `s` to the end, appending every row to *list. */
 static enum iot_err sq_collect(sqlite3 *db, sqlite3_stmt *s, struct integration_list *list,
                                const char *what, struct iot_error *err)
@@ -129,34 +139,48 @@ static enum iot_err sq_collect(sqlite3 *db, sqlite3_stmt *s, struct integration_
     return IOT_OK;
 }
 
+/* The start of a statement on one tenant's rows: checks the tenant, checks out statement `stmt`
+ * and binds `tenant` as ?1 and, when `id` is not NULL, `id` as ?2 (both borrowed until
+ * sq_checkin). On failure nothing is held; a bind failure is reported as a database error in
+ * `what`. */
+static enum iot_err sq_checkout_tenant(struct sq_store *st, enum sq_stmt_id stmt,
+                                       const char *tenant, const struct uuid *id, const char *what,
+                                       struct sq_conn **c, sqlite3_stmt **s, struct iot_error *err)
+{
+    enum iot_err rc = sq_check_tenant(tenant, err);
+    if (rc != IOT_OK)
+        return rc;
+    if ((rc = sq_checkout(st, stmt, c, s, err)) != IOT_OK)
+        return rc;
+    int src = sq_bind_text(*s, SQLITE_OK, 1, tenant);
+    if (id)
+        src = sq_bind_uuid(*s, src, 2, id);
+    if (src == SQLITE_OK)
+        return IOT_OK;
+    rc = sq_fail(err, (*c)->db, src, what);
+    sq_checkin(st, *c, *s);
+    *c = NULL;
+    *s = NULL;
+    return rc;
+}
+
 static enum iot_err sq_integrations_list(struct store *base, const char *tenant,
                                          struct integration_list *out, struct iot_error *err)
 {
     struct sq_store *st = sq_of(base);
-    out->items = NULL;
-    out->len = 0;
-    enum iot_err rc = sq_check_tenant(tenant, err);
-    if (rc != IOT_OK)
-        return rc;
     struct sq_conn *c = NULL;
     sqlite3_stmt *s = NULL;
-    if ((rc = sq_checkout(st, SQ_STMT_INTEGRATIONS_LIST, &c, &s, err)) != IOT_OK)
+    out->items = NULL;
+    out->len = 0;
+    enum iot_err rc = sq_checkout_tenant(st, SQ_STMT_INTEGRATIONS_LIST, tenant, NULL,
+                                         "listing integrations", &c, &s, err);
+    if (rc != IOT_OK)
         return rc;
-    int src = sq_bind_text(s, SQLITE_OK, 1, tenant);
-    if (src != SQLITE_OK)
-        rc = sq_fail(err, c->db, src, "listing integrations");
-    else
-        rc = sq_collect(c->db, s, out, "listing integrations", err);
+    rc = sq_collect(c->db, s, out, "listing integrations", err);
     sq_checkin(st, c, s);
     if (rc != IOT_OK)
         integration_list_clear(out);
     return rc;
-}
-
-/* Binds tenant as ?1 and id as ?2 (both borrowed until sq_stmt_done). */
-static int sq_bind_tenant_id(sqlite3_stmt *s, const char *tenant, const struct uuid *id)
-{
-    return sq_bind_uuid(s, sq_bind_text(s, SQLITE_OK, 1, tenant), 2, id);
 }
 
 static enum iot_err sq_integration_get(struct store *base, const char *tenant,
@@ -164,23 +188,14 @@ static enum iot_err sq_integration_get(struct store *base, const char *tenant,
                                        struct iot_error *err)
 {
     struct sq_store *st = sq_of(base);
-    memset(out, 0, sizeof *out);
-    enum iot_err rc = sq_check_tenant(tenant, err);
-    if (rc != IOT_OK)
-        return rc;
     struct sq_conn *c = NULL;
     sqlite3_stmt *s = NULL;
-    if ((rc = sq_checkout(st, SQ_STMT_INTEGRATION_GET, &c, &s, err)) != IOT_OK)
+    memset(out, 0, sizeof *out);
+    enum iot_err rc = sq_checkout_tenant(st, SQ_STMT_INTEGRATION_GET, tenant, id,
+                                         "reading integration", &c, &s, err);
+    if (rc != IOT_OK)
         return rc;
-    int src = sq_bind_tenant_id(s, tenant, id);
-    if (src == SQLITE_OK)
-        src = sqlite3_step(s);
-    if (src == SQLITE_ROW)
-        rc = sq_row_integration(s, out, err);
-    else if (src == SQLITE_DONE)
-        rc = iot_error_set(err, IOT_ERR_NOT_FOUND, "integration not found");
-    else
-        rc = sq_fail(err, c->db, src, "reading integration");
+    rc = sq_step_integration(c->db, s, out, "reading integration", err);
     sq_checkin(st, c, s);
     return rc;
 }
@@ -228,16 +243,12 @@ static enum iot_err sq_write_by_id(struct store *base, enum sq_stmt_id id_stmt, 
                                    struct iot_error *err)
 {
     struct sq_store *st = sq_of(base);
-    enum iot_err rc = sq_check_tenant(tenant, err);
-    if (rc != IOT_OK)
-        return rc;
     struct sq_conn *c = NULL;
     sqlite3_stmt *s = NULL;
-    if ((rc = sq_checkout(st, id_stmt, &c, &s, err)) != IOT_OK)
+    enum iot_err rc = sq_checkout_tenant(st, id_stmt, tenant, id, what, &c, &s, err);
+    if (rc != IOT_OK)
         return rc;
-    int src = sq_bind_tenant_id(s, tenant, id);
-    if (text)
-        src = sq_bind_text(s, src, 3, text);
+    int src = text ? sq_bind_text(s, SQLITE_OK, 3, text) : SQLITE_OK;
     int64_t changed = 0;
     if (src == SQLITE_OK)
         src = sq_step_write(st, c, s, &changed);
@@ -297,17 +308,14 @@ static enum iot_err sq_devices_count_linked(struct store *base, const char *tena
                                             struct iot_error *err)
 {
     struct sq_store *st = sq_of(base);
-    *count = 0;
-    enum iot_err rc = sq_check_tenant(tenant, err);
-    if (rc != IOT_OK)
-        return rc;
     struct sq_conn *c = NULL;
     sqlite3_stmt *s = NULL;
-    if ((rc = sq_checkout(st, SQ_STMT_DEVICES_COUNT_LINKED, &c, &s, err)) != IOT_OK)
+    *count = 0;
+    enum iot_err rc = sq_checkout_tenant(st, SQ_STMT_DEVICES_COUNT_LINKED, tenant, integration_id,
+                                         "counting devices", &c, &s, err);
+    if (rc != IOT_OK)
         return rc;
-    int src = sq_bind_tenant_id(s, tenant, integration_id);
-    if (src == SQLITE_OK)
-        src = sqlite3_step(s);
+    int src = sqlite3_step(s);
     if (src == SQLITE_ROW)
         *count = sqlite3_column_int64(s, 0);
     else
@@ -384,6 +392,7 @@ static const struct store_ops sq_ops = {
     .tenant_delete = sq_tenant_delete,
     .events_expire = sq_events_expire,
     .device_get = sq_device_get,
+    .device_integration_get = sq_device_integration_get,
     .device_link = sq_device_link,
     .device_unlink = sq_device_unlink,
     .device_delete = sq_device_delete,

@@ -33,6 +33,7 @@ enum sq_stmt_id {
     SQ_STMT_TENANT_DELETE_EVENTS,
     SQ_STMT_EVENTS_EXPIRE,
     SQ_STMT_DEVICE_GET,
+    SQ_STMT_DEVICE_INTEGRATION_GET,
     SQ_STMT_DEVICE_INSERT,
     SQ_STMT_DEVICE_LINK,
     SQ_STMT_DEVICE_UNLINK,
@@ -129,6 +130,16 @@ enum iot_err sq_migrate(struct store *base, enum store_migrate_mode mode, struct
 /* Device records and the event log (sqlite_records.c); see store_ops for the meaning. */
 enum iot_err sq_device_get(struct store *base, const char *tenant, const char *device_id,
                            struct device_record *out, struct iot_error *err);
+enum iot_err sq_device_integration_get(struct store *base, const char *tenant,
+                                       const char *device_id, const struct uuid *integration_id,
+                                       struct integration *out, struct iot_error *err);
+/* Fills `out` from a row whose columns are id, tenant_id, provider, description, credentials
+ * (the integration statements' column list); `out` caller-owned, cleared on failure. */
+enum iot_err sq_row_integration(sqlite3_stmt *s, struct integration *out, struct iot_error *err);
+/* Steps `s` once for an integration row: the row into `out`, NOT_FOUND "integration not found"
+ * when there is none, or the SQLite error reported as `what`. */
+enum iot_err sq_step_integration(sqlite3 *db, sqlite3_stmt *s, struct integration *out,
+                                 const char *what, struct iot_error *err);
 enum iot_err sq_device_link(struct store *base, const char *tenant, const char *device_id,
                             const struct uuid *integration_id, struct iot_error *err);
 enum iot_err sq_device_unlink(struct store *base, const char *tenant, const char *device_id,

@@ -171,6 +171,62 @@ void contract_test_device_link_round_trip(void **state)
     contract_assert_device(st, "t1", "dev-1", &b, 1);
 }
 
+/* A webhook integration (no secret to seal) of `tenant`; the caller clears it. */
+static void make_webhook(struct integration *in, const char *tenant, struct uuid id)
+{
+    memset(in, 0, sizeof *in);
+    in->id = id;
+    in->tenant_id = contract_strdup(tenant);
+    in->provider = PROVIDER_WEBHOOK;
+    in->credentials.type = CREDENTIAL_HTTP;
+    in->credentials.http.url = contract_strdup("https://example.com/hook");
+}
+
+static void assert_no_linked_integration(struct store *st, const char *tenant, const char *device,
+                                         const struct uuid *id)
+{
+    struct iot_error err = {0};
+    struct integration got;
+    memset(&got, 0x5a, sizeof got);
+    assert_int_equal(store_device_integration_get(st, tenant, device, id, &got, &err),
+                     IOT_ERR_NOT_FOUND);
+    assert_string_equal(err.msg, "integration not found");
+    assert_null(got.tenant_id);
+    assert_null(got.credentials.http.url);
+}
+
+void contract_test_device_integration_get(void **state)
+{
+    struct store_contract *c = *state;
+    struct store *st = c->st;
+    struct iot_error err = {0};
+    const struct uuid a = contract_uuid(0x33, 1), other = contract_uuid(0x33, 2);
+    struct integration in_a, in_other;
+    make_webhook(&in_a, "t1", a);
+    make_webhook(&in_other, "t2", other);
+    assert_int_equal(store_integration_create(st, &in_a, &err), IOT_OK);
+    assert_int_equal(store_integration_create(st, &in_other, &err), IOT_OK);
+    assert_int_equal(store_device_link(st, "t1", "dev-1", &a, &err), IOT_OK);
+    /* a link to another tenant's integration id, as a guessed or stale id would make */
+    assert_int_equal(store_device_link(st, "t1", "dev-2", &other, &err), IOT_OK);
+
+    struct integration got;
+    assert_int_equal(store_device_integration_get(st, "t1", "dev-1", &a, &got, &err), IOT_OK);
+    contract_assert_integration_equal(&got, &in_a);
+    integration_clear(&got);
+
+    assert_no_linked_integration(st, "t1", "dev-1", &other); /* not linked */
+    assert_no_linked_integration(st, "t1", "dev-none", &a);  /* no such device */
+    assert_no_linked_integration(st, "t2", "dev-1", &a);     /* another tenant's device */
+    assert_no_linked_integration(st, "t1", "dev-2", &other); /* linked, but not t1's */
+    /* the integration deleted while the link stays */
+    assert_int_equal(store_integration_delete(st, "t1", &a, &err), IOT_OK);
+    contract_assert_device(st, "t1", "dev-1", &a, 1);
+    assert_no_linked_integration(st, "t1", "dev-1", &a);
+    integration_clear(&in_a);
+    integration_clear(&in_other);
+}
+
 void contract_test_device_tenant_isolation(void **state)
 {
     struct store_contract *c = *state;

@@ -91,6 +91,7 @@ void contract_assert_all_linked(struct store *st, int n_threads, int links);
 /* The shared cases; *state is the backend's fixture (see above). */
 void contract_test_device_link_round_trip(void **state);
 void contract_test_device_tenant_isolation(void **state);
+void contract_test_device_integration_get(void **state);
 void contract_test_devices_page(void **state);
 void contract_test_integration_unlink_all(void **state);
 void contract_test_events_insert_and_list(void **state);
