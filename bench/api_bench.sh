@@ -12,7 +12,8 @@
 #   direct        the same GET /twins/{id} sent by wrk straight to the simulator (SAS token):
 #                 the baseline; "added" latency = twin minus direct, percentile by percentile
 # at CONNECTIONS connections (wrk -t WRK_THREADS) as fast as possible, at CONNECTIONS connections
-# paced to PACED_RPS requests/s in all (wrk's delay() hook), and at one connection (wrk -t1 -c1);
+# paced to each rate in PACED_RPS requests/s in all (wrk's delay() hook), and at one connection
+# (wrk -t1 -c1);
 # twin and direct runs interleaved so that drifting background load hits both alike. Then GET
 # /integrations once more per IOT_MANAGER_HTTP_THREADS value in HTTP_THREADS_LIST, each on a
 # freshly started service. Prints every run, a table of medians, the added latency and each
@@ -21,7 +22,7 @@
 #
 # The service runs with IOT_MANAGER_HUB_RATELIMIT=false (the S1 quota, 100 twin reads/s, would
 # otherwise be what the twin benchmark measures) and otherwise default settings: thread per
-# connection, IOT_MANAGER_HUB_MAX_CONNECTIONS=16, one access-log line per request (to a file).
+# connection, IOT_MANAGER_HUB_MAX_CONNECTIONS=64, one access-log line per request (to a file).
 #
 # On 2 shared cores wrk, the service and the simulator compete for the CPU: in the saturating
 # runs the twin-minus-direct difference is mostly queueing (closed loop: latency ~ connections /
@@ -36,7 +37,7 @@
 #   HTTP_THREADS_LIST ("0 2 4")   variants for GET /integrations ("" skips them)
 #   SIM_THREADS (2)        the simulator's MHD pool
 #   LOG_LEVEL (info)       the service's; info logs one line per request, as in production
-#   PACED_RPS (2000)       offered load of the paced twin/direct runs at CONNECTIONS
+#   PACED_RPS ("2000 4000 6000")   offered loads of the paced twin/direct runs at CONNECTIONS
 #   PHASES ("integrations twin paced c1 threads")   which measurements to run: GET
 #                          /integrations, twin vs direct saturating, paced, at one connection,
 #                          GET /integrations per HTTP_THREADS_LIST value
@@ -67,7 +68,7 @@ log_level=${LOG_LEVEL:-info}
 phases=" ${PHASES:-integrations twin paced c1 threads} "
 # SERVICE_WRAPPER: a command prefix for the service, e.g. valgrind --tool=callgrind (profiling)
 read -r -a wrapper <<<"${SERVICE_WRAPPER:-}"
-paced_rps=${PACED_RPS:-2000}
+paced_list=${PACED_RPS:-2000 4000 6000}
 max_other=${MAX_OTHER_CORES:-0.2}
 retries=${RETRIES:-2}
 bench_delay_ms=0
@@ -386,13 +387,15 @@ if phase twin; then
 fi
 
 if phase paced; then
-  bench_delay_ms=$((connections * 1000 / paced_rps))
-  echo "twin read path vs direct, $connections connections paced to ~$paced_rps req/s" \
-    "(${bench_delay_ms} ms between a connection's requests)"
-  warm twinp "$connections" "$wrk_threads" "$url_twin" "$user_auth"
-  for _ in $(seq "$runs"); do
-    measure "twin-paced" "$connections" "$wrk_threads" "$url_twin" "$user_auth"
-    measure "direct-paced" "$connections" "$wrk_threads" "$url_direct" "$sas"
+  for rate in $paced_list; do
+    bench_delay_ms=$((connections * 1000 / rate))
+    echo "twin read path vs direct, $connections connections paced to ~$rate req/s" \
+      "(${bench_delay_ms} ms between a connection's requests)"
+    warm "twinp$rate" "$connections" "$wrk_threads" "$url_twin" "$user_auth"
+    for _ in $(seq "$runs"); do
+      measure "twin-paced$rate" "$connections" "$wrk_threads" "$url_twin" "$user_auth"
+      measure "direct-paced$rate" "$connections" "$wrk_threads" "$url_direct" "$sas"
+    done
   done
   bench_delay_ms=0
 fi
@@ -457,8 +460,10 @@ row() {
 row "integrations-c$connections" "GET /integrations -c$connections"
 row "twin-c$connections" "twin read path -c$connections"
 row "direct-c$connections" "direct GET /twins/{id} -c$connections"
-row "twin-paced" "twin read path -c$connections, ~$paced_rps req/s"
-row "direct-paced" "direct GET /twins/{id} -c$connections, ~$paced_rps req/s"
+for rate in $paced_list; do
+  row "twin-paced$rate" "twin read path -c$connections, ~$rate req/s"
+  row "direct-paced$rate" "direct GET /twins/{id} -c$connections, ~$rate req/s"
+done
 row "twin-c1" "twin read path -c1"
 row "direct-c1" "direct GET /twins/{id} -c1"
 row "integrations-c1" "GET /integrations -c1"
@@ -480,9 +485,11 @@ added_quiet() {
   printf '%d %s %s' "$(wc -l <"$work/pairs-$1")" "$(cut -d' ' -f1 "$work/pairs-$1" | median)" \
     "$(cut -d' ' -f2 "$work/pairs-$1" | median)"
 }
+paced_modes=""
+for rate in $paced_list; do paced_modes+=" paced$rate"; done
 mode_name() {
   case $1 in
-  paced) echo "-c$connections at ~$paced_rps req/s" ;;
+  paced*) echo "-c$connections at ~${1#paced} req/s" ;;
   *) echo "-$1, saturating" ;;
   esac
 }
@@ -490,7 +497,7 @@ mode_name() {
 echo
 echo "Latency the twin read path adds over the direct call (ms; medians of all runs, and of the"
 echo "per-pair differences over the undisturbed interleaved pairs):"
-for mode in "c$connections" paced c1; do
+for mode in "c$connections" $paced_modes c1; do
   have "twin-$mode" || continue
   read -r a50 a99 <<<"$(added "$mode")"
   read -r qn q50 q99 <<<"$(added_quiet "$mode")"
@@ -545,7 +552,7 @@ if have "integrations-c$connections"; then
     "$connections" "$http_threads" "$int_rps" "$(verdict "$int_rps" 20000 min)" \
     "$(disturbed "integrations-c$connections")"
 fi
-for mode in "c$connections" paced c1; do
+for mode in "c$connections" $paced_modes c1; do
   have "twin-$mode" || continue
   read -r _ a99 <<<"$(added "$mode")"
   read -r qn _ q99 <<<"$(added_quiet "$mode")"
@@ -557,3 +564,10 @@ for mode in "c$connections" paced c1; do
     printf '; no undisturbed pair\n'
   fi
 done
+met_rates=""
+for rate in $paced_list; do
+  have "twin-paced$rate" || continue
+  read -r _ a99 <<<"$(added "paced$rate")"
+  awk -v v="$a99" 'BEGIN {exit !(v < 1)}' && met_rates+=" $rate"
+done
+[ -z "$paced_modes" ] || echo "  paced loads (req/s over $connections connections) at which the twin read adds < 1 ms at p99:${met_rates:- none}"
