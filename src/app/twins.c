@@ -219,9 +219,12 @@ static enum iot_err hub_failure(const struct hub_error *herr, const struct integ
     }
 }
 
+/* A shallow copy is enough: the members are shared by reference, nothing modifies them, and
+ * only the copy loses the two keys. The hub's `$metadata` is as large as the properties, so a
+ * deep copy would copy it only to drop it. */
 static json_t *without_meta(const json_t *props)
 {
-    json_t *copy = json_is_object(props) ? json_deep_copy(props) : json_object();
+    json_t *copy = json_is_object(props) ? json_copy((json_t *)props) : json_object();
     if (copy) {
         json_object_del(copy, "$metadata");
         json_object_del(copy, "$version");
