@@ -196,7 +196,12 @@ enum lifecycle_outcome {
     LIFECYCLE_ACK = 0, /* applied (or nothing to do): acknowledge */
     LIFECYCLE_NAK,     /* try again after delay_ms */
     LIFECYCLE_DEAD,    /* permanent failure: dead-letter, then acknowledge */
+    LIFECYCLE_REQUEUE, /* the budget ran out while the hub was busy: requeue, then acknowledge */
 };
+
+/* Requeues of one event before a busy hub counts against it like any other failure: with the
+ * default budget of 20 deliveries (about 7.5 minutes of backoff each), about 12 hours. */
+#define LIFECYCLE_REQUEUES_MAX 100
 
 struct lifecycle_result {
     enum lifecycle_outcome outcome;

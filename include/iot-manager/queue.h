@@ -94,7 +94,11 @@ struct queue_msg {
     size_t len;
     uint64_t seq;        /* stream sequence */
     uint64_t deliveries; /* 1 on the first delivery */
-    void *impl;          /* adapter's message; owned until queue_msg_release() */
+    /* Where the event stands among its device's events: the sequence of the event as first
+     * published, which a requeued copy (queue_requeue) carries over; `seq` otherwise. */
+    uint64_t order_seq;
+    uint64_t requeues; /* how many times this event was requeued (0: never) */
+    void *impl;        /* adapter's message; owned until queue_msg_release() */
 };
 
 struct queue_consumer;
@@ -119,6 +123,12 @@ void queue_msg_release(struct queue_msg *m);
 
 /* The consumer's max_deliver, so a worker knows a delivery is the last one. */
 int queue_max_deliver(const struct queue *q);
+
+/* Publishes a copy of `m` to the events stream that keeps its place in the order (order_seq)
+ * and starts again at delivery 1, with `requeues` one higher; the caller then acks `m`. For
+ * events that failed only because the hub was busy, so that waiting for it does not use up the
+ * delivery budget. Requeueing the same delivered message twice stores one copy. */
+enum iot_err queue_requeue(struct queue *q, const struct queue_msg *m, struct iot_error *err);
 
 /* ---- dead letters ---- */
 

@@ -51,11 +51,19 @@ int64_t lifecycle_retry_delay_ms(uint64_t deliveries, int64_t retry_after_ms)
     return delay > RETRY_CAP_MS ? RETRY_CAP_MS : delay;
 }
 
+/* The sequence that orders the event among its device's events (a requeued copy keeps the one
+ * it was first published with). */
+static uint64_t event_order(const struct queue_msg *m)
+{
+    return m->order_seq ? m->order_seq : m->seq;
+}
+
 /* ---- one event ---- */
 
 /* Why a step failed, and what the event log should say about it. */
 struct failure {
     bool permanent;
+    bool busy; /* the hub (or our quota of it) is only busy: waiting is all that helps */
     int64_t retry_after_ms;
     int status_code;      /* HTTP status of the failed call; 0 when none */
     const char *log_type; /* event log type of the action that failed; NULL: nothing to log */
@@ -108,6 +116,7 @@ static bool fail_hub(struct failure *f, const struct hub_error *herr, const char
 {
     f->status_code = herr->http_status;
     f->retry_after_ms = herr->retry_after_ms;
+    f->busy = herr->cls == HUB_ERR_THROTTLED;
     switch (herr->cls) {
     case HUB_ERR_UNAUTHORIZED:
         return fail_permanent(f,
@@ -217,7 +226,8 @@ static bool record_event(struct job *j, struct failure *f)
     /* A provision's first delivery is nearly always for a device without a record: creating it
      * straight away (CAS on "absent") saves the read; when a record exists the create fails
      * with CONFLICT and the usual read-modify-write follows. */
-    bool guess_absent = j->ev.kind == LIFECYCLE_PROVISION && j->m->deliveries <= 1;
+    bool guess_absent =
+        j->ev.kind == LIFECYCLE_PROVISION && j->m->deliveries <= 1 && j->m->requeues == 0;
     for (int attempt = 0; attempt < RECORD_CAS_ATTEMPTS; attempt++) {
         if (attempt == 0 && guess_absent) {
             lifecycle_record_clear(&j->rec);
@@ -227,7 +237,7 @@ static bool record_event(struct job *j, struct failure *f)
         } else if (!record_read(j, f)) {
             return false;
         }
-        if (!lifecycle_record_apply(&j->rec, &j->ev, j->m->seq))
+        if (!lifecycle_record_apply(&j->rec, &j->ev, event_order(j->m)))
             return true;
         enum iot_err rc = record_write(j, f);
         if (rc == IOT_OK)
@@ -635,6 +645,10 @@ static void finish_failure(struct job *j, struct failure *f, struct lifecycle_re
         out->delay_ms = lifecycle_retry_delay_ms(j->m->deliveries, f->retry_after_ms);
         return;
     }
+    if (f->busy && j->m->requeues < LIFECYCLE_REQUEUES_MAX) {
+        out->outcome = LIFECYCLE_REQUEUE;
+        return;
+    }
     out->outcome = LIFECYCLE_DEAD;
     if (!f->permanent)
         snprintf(out->reason, sizeof out->reason, "last delivery (%" PRIu64 ") failed: %.400s",
@@ -684,7 +698,9 @@ void lifecycle_handle(struct app *app, const struct lifecycle_worker_options *o,
     if (rc == IOT_ERR_CONFLICT) {
         /* The holder will most likely apply our state; the redelivery checks. */
         if (o->max_deliver > 0 && m->deliveries >= (uint64_t)o->max_deliver) {
-            out->outcome = LIFECYCLE_DEAD;
+            /* Busy, not broken: the holder is working on this device. */
+            out->outcome =
+                m->requeues < LIFECYCLE_REQUEUES_MAX ? LIFECYCLE_REQUEUE : LIFECYCLE_DEAD;
             snprintf(out->reason, sizeof out->reason,
                      "another worker held the device's lease on the last delivery");
         } else {
@@ -825,6 +841,20 @@ static void act(struct lifecycle_workers *pool, struct queue_msg *m,
                  m->kind ? m->kind : "?", r->reason);
         queue_ack(m);
         count(app, "iot_manager_events_dead_lettered_total", m);
+        return;
+    case LIFECYCLE_REQUEUE:
+        if (queue_requeue(app->queue, m, &err) != IOT_OK) {
+            log_warn("event %" PRIu64 ": cannot requeue it (%s); retrying: %s", m->seq, err.msg,
+                     r->reason);
+            queue_nak(m, lifecycle_retry_delay_ms(m->deliveries, -1));
+            return;
+        }
+        log_info("event %" PRIu64 " (%s, first published as %" PRIu64 ") requeued after %" PRIu64
+                 " deliveries (requeue %" PRIu64 "): %s",
+                 m->seq, m->kind ? m->kind : "?", event_order(m), m->deliveries, m->requeues + 1,
+                 r->reason);
+        queue_ack(m);
+        count(app, "iot_manager_events_requeued_total", m);
         return;
     }
 }

@@ -111,6 +111,10 @@ enum iot_err queue_fetch(struct queue_consumer *c, struct queue_msg *msgs, size_
         out->len = (size_t)natsMsg_GetDataLength(m);
         out->seq = meta->Sequence.Stream;
         out->deliveries = meta->NumDelivered;
+        uint64_t order = queue_header_u64(m, QUEUE_HDR_ORDER_SEQ);
+        /* a requeued copy stands where the event was first published, never after itself */
+        out->order_seq = order && order < out->seq ? order : out->seq;
+        out->requeues = queue_header_u64(m, QUEUE_HDR_REQUEUES);
         out->impl = impl;
         jsMsgMetaData_Destroy(meta);
         (*n)++;

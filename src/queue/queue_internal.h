@@ -18,7 +18,14 @@
 #define QUEUE_SUBJECT_MAX        (QUEUE_PREFIX_MAX + QUEUE_KIND_MAX + 2)
 #define QUEUE_KEY_MAX            256
 #define QUEUE_REASON_MAX         512
-/* Nats-Msg-Id values: "<uuid>-<index>" or "dlq:<stream>:<seq>"; both fit. */
+/* Headers of requeued events (queue_requeue), read back when they are fetched. */
+#define QUEUE_HDR_ORDER_SEQ "Iot-Manager-Order-Seq"
+#define QUEUE_HDR_REQUEUES  "Iot-Manager-Requeues"
+/* The consumer's MaxDeliver is this much above the workers' budget (max_deliver): a worker acts
+ * on the last delivery of its budget (dead letter or requeue) and, when that fails, naks it,
+ * which needs a delivery left. */
+#define QUEUE_MAX_DELIVER_SLACK 5
+/* Nats-Msg-Id values: "<uuid>-<index>", "dlq:<stream>:<seq>" or "requeue:<stream>:<seq>". */
 #define QUEUE_MSG_ID_MAX 128
 /* Duplicate window of our streams: longer than any publish retry (publish_timeout_ms <= 60 s). */
 #define QUEUE_DUPLICATES_NS ((int64_t)120 * 1000000000)
@@ -31,6 +38,9 @@
 #define QUEUE_JERR_SUBJECTS_OVERLAP     10065
 #define QUEUE_JERR_WRONG_LAST_SEQUENCE  10071
 #define QUEUE_JERR_WORKQUEUE_NOT_UNIQUE 10100
+
+/* A numeric header of `m`; 0 when absent or not a number. */
+uint64_t queue_header_u64(natsMsg *m, const char *key);
 
 struct queue {
     /* options, copied at open; immutable afterwards */

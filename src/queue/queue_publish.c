@@ -405,7 +405,9 @@ enum iot_err queue_dead_letter(struct queue *q, const struct queue_msg *m, const
     memset(&it, 0, sizeof it);
     sanitize_header(reason_h, sizeof reason_h, reason && *reason ? reason : "unspecified");
     sanitize_header(subject_h, sizeof subject_h, m->subject ? m->subject : "");
-    snprintf(seq_h, sizeof seq_h, "%llu", (unsigned long long)m->seq);
+    /* the event's own sequence, also for a requeued copy */
+    snprintf(seq_h, sizeof seq_h, "%llu",
+             (unsigned long long)(m->order_seq ? m->order_seq : m->seq));
     snprintf(del_h, sizeof del_h, "%llu", (unsigned long long)m->deliveries);
     snprintf(time_h, sizeof time_h, "%lld", (long long)wall_ms());
     snprintf(it.subject, sizeof it.subject, QUEUE_DLQ_SUBJECT_PREFIX ".%s", kind);
@@ -424,12 +426,39 @@ enum iot_err queue_dead_letter(struct queue *q, const struct queue_msg *m, const
     return queue_pub_run(q, &it, 1, err);
 }
 
-static uint64_t header_u64(natsMsg *m, const char *key)
+enum iot_err queue_requeue(struct queue *q, const struct queue_msg *m, struct iot_error *err)
+{
+    if (!queue_valid_kind(m->kind))
+        return iot_error_set(err, IOT_ERR_INVALID, "invalid event kind \"%s\"",
+                             m->kind ? m->kind : "");
+    struct queue_pub_item it;
+    char order_h[24], requeues_h[24];
+    memset(&it, 0, sizeof it);
+    snprintf(order_h, sizeof order_h, "%llu",
+             (unsigned long long)(m->order_seq ? m->order_seq : m->seq));
+    snprintf(requeues_h, sizeof requeues_h, "%llu", (unsigned long long)m->requeues + 1);
+    snprintf(it.subject, sizeof it.subject, "%s.%s", q->prefix, m->kind);
+    it.data = m->data;
+    it.len = m->len;
+    /* Deterministic: a second requeue of this delivered message (its ack was lost, another
+     * worker got it) is dropped by the stream's duplicate window. */
+    snprintf(it.msg_id, sizeof it.msg_id, "requeue:%s:%llu", q->stream, (unsigned long long)m->seq);
+    it.hdr_keys[0] = QUEUE_HDR_ORDER_SEQ;
+    it.hdr_values[0] = order_h;
+    it.hdr_keys[1] = QUEUE_HDR_REQUEUES;
+    it.hdr_values[1] = requeues_h;
+    it.nhdrs = 2;
+    return queue_pub_run(q, &it, 1, err);
+}
+
+uint64_t queue_header_u64(natsMsg *m, const char *key)
 {
     const char *v = NULL;
     if (natsMsgHeader_Get(m, key, &v) != NATS_OK || !v)
         return 0;
-    return strtoull(v, NULL, 10);
+    char *end = NULL;
+    unsigned long long n = strtoull(v, &end, 10);
+    return end != v && *end == '\0' ? (uint64_t)n : 0;
 }
 
 static const char *header_str(natsMsg *m, const char *key)
@@ -528,13 +557,13 @@ static enum iot_err list_one(struct queue *q, natsMsg *m, uint64_t seq, void *ct
     (void)err;
     const struct dlq_lister *l = ctx;
     const char *kind = dlq_kind(m);
-    uint64_t t = header_u64(m, HDR_TIME);
+    uint64_t t = queue_header_u64(m, HDR_TIME);
     struct queue_dead_letter_entry e = {
         .dlq_seq = seq,
-        .original_seq = header_u64(m, HDR_ORIG_SEQ),
+        .original_seq = queue_header_u64(m, HDR_ORIG_SEQ),
         .kind = kind ? kind : "",
         .reason = header_str(m, HDR_REASON),
-        .deliveries = header_u64(m, HDR_DELIVERIES),
+        .deliveries = queue_header_u64(m, HDR_DELIVERIES),
         .time_ms = t ? (int64_t)t : natsMsg_GetTime(m) / 1000000,
         .data = natsMsg_GetData(m),
         .len = (size_t)natsMsg_GetDataLength(m),

@@ -242,7 +242,7 @@ static enum iot_err ensure_consumer(struct queue *q, struct iot_error *err)
     want.AckPolicy = js_AckExplicit;
     want.DeliverPolicy = js_DeliverAll;
     want.AckWait = q->ack_wait_ms * QUEUE_NS_PER_MS;
-    want.MaxDeliver = q->max_deliver;
+    want.MaxDeliver = q->max_deliver + QUEUE_MAX_DELIVER_SLACK;
     want.MaxAckPending = q->max_ack_pending;
 
     snprintf(what, sizeof what, "reading the NATS consumer \"%s\" of stream \"%s\"", q->consumer,

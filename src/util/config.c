@@ -300,7 +300,7 @@ static const struct setting settings[] = {
     {"nats_ack_wait_ms", INT(nats_ack_wait_ms), "30000", 1000, 3600000, false, NULL,
      "Redelivery after this long without an ack"},
     {"nats_max_deliver", INT(nats_max_deliver), "20", 1, 10000, false, NULL,
-     "Deliveries before an event goes to the dead-letter stream"},
+     "Deliveries before a failing event is dead-lettered (requeued when the hub is only busy)"},
     {"nats_max_ack_pending", INT(nats_max_ack_pending), "1000", 1, 100000, false, NULL,
      "Messages delivered and not yet acked, across all workers"},
     {"lease_ttl_ms", INT(lease_ttl_ms), "30000", 1000, 600000, false, NULL,

@@ -478,6 +478,47 @@ def test_devices_unknown_to_us_are_left_alone(service_factory, dedicated_nats, i
     assert lonely.events() == []
 
 
+def requeued_total(service):
+    r = service.api.get("/metrics")
+    assert r.status == 200, r
+    return sum(float(line.rsplit(" ", 1)[1]) for line in r.body.decode().splitlines()
+               if line.startswith("iot_manager_events_requeued_total{"))
+
+
+@pytest.mark.time_limit(120)
+def test_a_busy_hub_drains_at_its_pace_and_dead_letters_nothing(service_factory, dedicated_nats,
+                                                                iothub_sim, mender_sim):
+    """More events than a small hub quota and the delivery budget can take: every event whose
+    budget runs out while the hub is only busy is requeued (keeping its place in its device's
+    order), none is dead-lettered, and every device ends in the state of its latest event."""
+    env = hub_env(iothub_sim)
+    # 30 registry operations a minute (one every 2 s), 2 deliveries per budget, 8 workers taking
+    # one event at a time: the fourth reservation in line would wait longer than the limiter's
+    # 5 s and is refused
+    env.update(lifecycle_env(dedicated_nats, mender_sim, IOT_MANAGER_HUB_RATELIMIT="true",
+                             IOT_MANAGER_HUB_REGISTRY_PER_MIN="30", IOT_MANAGER_WORKERS="8",
+                             IOT_MANAGER_FETCH_BATCH="1", IOT_MANAGER_NATS_MAX_DELIVER="2"))
+    svc = wait_ready(service_factory(env=env))
+    t = Tenant(svc, iothub_sim, mender_sim)
+    devices = [str(uuid.uuid4()) for _ in range(8)]
+    for dev in devices:
+        assert t.provision({"id": dev, "status": "accepted"}).status == 202
+    # decommissioned while the provisioning waits: a requeued provision must not bring it back
+    gone = devices[-1]
+    assert t.decommission(gone).status == 202
+    for dev in devices[:-1]:
+        t.wait_hub(dev, "enabled", timeout=90)
+        t.wait_configured(dev, timeout=30)
+    wait_until(lambda: dedicated_nats.stream_messages("IOT_MANAGER_EVENTS") == 0, 60,
+               interval=0.2, what="every event processed")
+    assert t.hub_device(gone) is None
+    assert dedicated_nats.stream_messages("IOT_MANAGER_DLQ") == 0
+    assert requeued_total(svc) >= 1  # the budget really ran out on a busy hub
+    assert "moved to the dead-letter stream" not in svc.log_text()
+    with alarm_paused():
+        svc.stop()
+
+
 @pytest.mark.time_limit(60)
 def test_worker_command_processes_events_without_http(service_factory, lc_env, iothub_sim,
                                                       mender_sim, backend, tmp_path):

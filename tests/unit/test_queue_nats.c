@@ -590,7 +590,9 @@ static void test_max_deliver(void **state)
     publish_one(f->q, "status", "{}", NULL);
     struct queue_consumer *c = consumer(f->q);
     struct queue_msg m[1];
-    for (uint64_t d = 1; d <= 2; d++) {
+    /* the server keeps 5 deliveries beyond the workers' budget, for a failed dead letter or
+     * requeue on the budget's last delivery; then it stops */
+    for (uint64_t d = 1; d <= 2 + 5; d++) {
         assert_int_equal(fetch(c, m, 1, 2000), 1);
         assert_int_equal(m[0].deliveries, d);
         assert_int_equal(queue_nak(&m[0], 0), IOT_OK);
@@ -789,7 +791,7 @@ static void assert_limits(const struct fx *f, const struct limits *l)
     assert_int_equal(ci->Config->AckPolicy, js_AckExplicit);
     assert_int_equal(ci->Config->DeliverPolicy, js_DeliverAll);
     assert_int_equal(ci->Config->AckWait, l->ack_wait_ms * NS_PER_MS);
-    assert_int_equal(ci->Config->MaxDeliver, l->max_deliver);
+    assert_int_equal(ci->Config->MaxDeliver, l->max_deliver + 5);
     assert_int_equal(ci->Config->MaxAckPending, l->max_ack_pending);
     jsConsumerInfo_Destroy(ci);
     assert_bucket(f->lease_bucket, l->lease_ttl_ms);
@@ -994,6 +996,70 @@ static void *cas_thread(void *arg)
     w->rc =
         queue_state_put(w->q, "d.0123abcd", w->value, strlen(w->value), w->expected, &w->rev, &err);
     return NULL;
+}
+
+static void test_requeue(void **state)
+{
+    struct fx *f = *state;
+    struct iot_error err = {0};
+    js_PurgeStream(g.js, "IOT_MANAGER_DLQ", NULL, NULL);
+    uint64_t s1;
+    publish_one(f->q, "provision", "{\"r\":1}", &s1);
+    struct queue_consumer *c = consumer(f->q);
+    struct queue_msg m[2];
+    assert_int_equal(fetch(c, m, 2, 2000), 1);
+    assert_int_equal(m[0].order_seq, s1); /* a first publication orders by its own sequence */
+    assert_int_equal(m[0].requeues, 0);
+    assert_int_equal(queue_nak(&m[0], 0), IOT_OK);
+    queue_msg_release(&m[0]);
+    assert_int_equal(fetch(c, m, 2, 2000), 1);
+    assert_int_equal(m[0].deliveries, 2);
+    assert_int_equal(queue_requeue(f->q, &m[0], &err), IOT_OK);
+    assert_int_equal(queue_requeue(f->q, &m[0], &err), IOT_OK); /* deduplicated */
+    ack_release(&m[0]);
+
+    /* one copy: a new sequence, delivery 1, ordered where the event was first published */
+    assert_int_equal(fetch(c, m, 2, 2000), 1);
+    uint64_t s2 = m[0].seq;
+    assert_true(s2 > s1);
+    assert_int_equal(m[0].deliveries, 1);
+    assert_int_equal(m[0].order_seq, s1);
+    assert_int_equal(m[0].requeues, 1);
+    assert_string_equal(m[0].kind, "provision");
+    assert_int_equal(m[0].len, 7);
+    assert_memory_equal(m[0].data, "{\"r\":1}", 7);
+    /* requeued again, it still stands at s1 */
+    assert_int_equal(queue_requeue(f->q, &m[0], &err), IOT_OK);
+    ack_release(&m[0]);
+    assert_int_equal(fetch(c, m, 2, 2000), 1);
+    assert_true(m[0].seq > s2);
+    assert_int_equal(m[0].order_seq, s1);
+    assert_int_equal(m[0].requeues, 2);
+    /* a dead letter of a copy names the event's first sequence */
+    assert_int_equal(queue_dead_letter(f->q, &m[0], "gave up", &err), IOT_OK);
+    ack_release(&m[0]);
+    assert_int_equal(fetch(c, m, 2, 300), 0);
+    struct dlq_seen seen;
+    dlq_list(f->q, &seen);
+    assert_int_equal(seen.n, 1);
+    assert_int_equal(seen.e[0].original_seq, s1);
+
+    /* an ordering header can only move an event back, never after itself */
+    natsMsg *forged = NULL;
+    char subject[256];
+    snprintf(subject, sizeof subject, "%s.status", f->prefix);
+    assert_int_equal(natsMsg_Create(&forged, subject, NULL, "{}", 2), NATS_OK);
+    assert_int_equal(natsMsgHeader_Set(forged, "Iot-Manager-Order-Seq", "999999999"), NATS_OK);
+    jsPubAck *pa = NULL;
+    assert_int_equal(js_PublishMsg(&pa, g.js, forged, NULL, NULL), NATS_OK);
+    uint64_t s3 = pa->Sequence;
+    jsPubAck_Destroy(pa);
+    natsMsg_Destroy(forged);
+    assert_int_equal(fetch(c, m, 2, 2000), 1);
+    assert_int_equal(m[0].seq, s3);
+    assert_int_equal(m[0].order_seq, s3);
+    ack_release(&m[0]);
+    queue_consumer_free(c);
 }
 
 static void test_state_cas(void **state)
@@ -1234,6 +1300,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_nak_with_delay, setup_fx_open, teardown_fx),
         cmocka_unit_test_setup_teardown(test_term_stops_redelivery, setup_fx, teardown_fx),
         cmocka_unit_test_setup_teardown(test_max_deliver, setup_fx, teardown_fx),
+        cmocka_unit_test_setup_teardown(test_requeue, setup_fx_open, teardown_fx),
         cmocka_unit_test_setup_teardown(test_in_progress_extends, setup_fx, teardown_fx),
         cmocka_unit_test_setup_teardown(test_batch_publish, setup_fx_open, teardown_fx),
         cmocka_unit_test_setup_teardown(test_restart, setup_own, teardown_own),
