@@ -171,12 +171,17 @@ enum iot_err mongo_device_get(struct store *st, const char *tenant, const char *
     enum iot_err rc = check_device_args(tenant, device_id, err);
     if (rc != IOT_OK)
         return rc;
-    bson_t *filter = BCON_NEW("_id", BCON_UTF8(device_id), "tenant_id", BCON_UTF8(tenant));
+    /* By _id alone, the tenant checked here: the device id is the document's _id, unique
+     * across tenants, and FerretDB only looks up a filter of exactly {_id: <string>} by its
+     * key; with the tenant in the filter it reads the whole collection. */
+    bson_t *filter = BCON_NEW("_id", BCON_UTF8(device_id));
     bson_t *opts = BCON_NEW("limit", BCON_INT64(1));
     rc = mongo_find_each(mongo_of(st), MONGO_COLL_DEVICES, filter, opts, push_item, &sink,
                          "failed to fetch device", err);
     struct device_list list = {.items = sink.items, .len = sink.len};
-    if (rc == IOT_OK && list.len == 0)
+    bool ours =
+        list.len > 0 && list.items[0].tenant_id && strcmp(list.items[0].tenant_id, tenant) == 0;
+    if (rc == IOT_OK && !ours)
         rc = iot_error_set(err, IOT_ERR_NOT_FOUND, "device not found");
     if (rc == IOT_OK) {
         *out = list.items[0];
