@@ -136,6 +136,8 @@ struct lifecycle_record {
                                            * happens to reconcile the device */
     char cs_sha256[LIFECYCLE_SHA256_HEX]; /* hex SHA-256 of the connection string delivered to
                                            * Configure; "" when none */
+    uint64_t epoch; /* the events stream the *_seq fields count in (its creation time); 0: not
+                     * known (written before epochs were recorded) */
 };
 
 void lifecycle_record_clear(struct lifecycle_record *r);
@@ -149,12 +151,16 @@ enum iot_err lifecycle_record_encode(const struct lifecycle_record *r, char **ou
 enum iot_err lifecycle_record_decode(const char *data, size_t len, struct lifecycle_record *out,
                                      struct iot_error *err);
 
-/* Records event `ev` stored at stream sequence `seq`: a field changes only when `seq` is newer
- * than the sequence that last set it, so an older event never overrides a newer one and a
- * redelivery changes nothing. `gen` is bumped when the desired hub state (exists, enabled)
- * moved, or was set for the first time. Returns true when the record must be written. */
+/* Records event `ev` stored at stream sequence `seq` of the events stream `epoch` (0: not
+ * known): a field changes only when `seq` is newer than the sequence that last set it, so an
+ * older event never overrides a newer one and a redelivery changes nothing. A stream created
+ * since the record's sequences were counted (a later epoch) restarted its sequences: every event
+ * of it is newer than what the record holds, so those sequences start again from 0; an event of
+ * an earlier epoch than the record's changes nothing. `gen`
+ * is bumped when the desired hub state (exists, enabled) moved, or was set for the first time.
+ * Returns true when the record must be written. */
 bool lifecycle_record_apply(struct lifecycle_record *r, const struct lifecycle_event *ev,
-                            uint64_t seq);
+                            uint64_t seq, uint64_t epoch);
 
 /* ---- building blocks shared by the workers and sync-devices (workers.c) ---- */
 

@@ -98,7 +98,10 @@ struct queue_msg {
      * published, which a requeued copy (queue_requeue) carries over; `seq` otherwise. */
     uint64_t order_seq;
     uint64_t requeues; /* how many times this event was requeued (0: never) */
-    void *impl;        /* adapter's message; owned until queue_msg_release() */
+    /* The events stream's creation time (ns): sequences of a re-created stream start again at
+     * 1, and only seq and order_seq of the same epoch compare. 0: not known. */
+    uint64_t epoch;
+    void *impl; /* adapter's message; owned until queue_msg_release() */
 };
 
 struct queue_consumer;

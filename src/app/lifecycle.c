@@ -540,11 +540,12 @@ enum iot_err lifecycle_record_encode(const struct lifecycle_record *r, char **ou
     *out = NULL;
     *len = 0;
     json_t *obj = json_pack(
-        "{s:s, s:s, s:b, s:I, s:b, s:I, s:s, s:I, s:I, s:I, s:s}", "tenant_id", r->tenant_id,
+        "{s:s, s:s, s:b, s:I, s:b, s:I, s:s, s:I, s:I, s:I, s:s, s:I}", "tenant_id", r->tenant_id,
         "device_id", r->device_id, "exists", r->exists, "exists_seq", (json_int_t)r->exists_seq,
         "enabled", r->enabled, "enabled_seq", (json_int_t)r->enabled_seq, "status", r->status,
         "gen", (json_int_t)r->gen, "applied_gen", (json_int_t)r->applied_gen, "applied_exists_seq",
-        (json_int_t)r->applied_exists_seq, "cs_sha256", r->cs_sha256);
+        (json_int_t)r->applied_exists_seq, "cs_sha256", r->cs_sha256, "epoch",
+        (json_int_t)r->epoch);
     char *text = obj ? json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(obj);
     if (!text)
@@ -585,7 +586,8 @@ enum iot_err lifecycle_record_decode(const char *data, size_t len, struct lifecy
     if (!tenant || !device || !get_seq(root, "exists_seq", &out->exists_seq) ||
         !get_seq(root, "enabled_seq", &out->enabled_seq) || !get_seq(root, "gen", &out->gen) ||
         !get_seq(root, "applied_gen", &out->applied_gen) ||
-        !get_seq(root, "applied_exists_seq", &out->applied_exists_seq)) {
+        !get_seq(root, "applied_exists_seq", &out->applied_exists_seq) ||
+        !get_seq(root, "epoch", &out->epoch)) {
         rc = iot_error_set(err, IOT_ERR_INTERNAL, "device record has missing or bad fields");
         goto out;
     }
@@ -598,6 +600,7 @@ enum iot_err lifecycle_record_decode(const char *data, size_t len, struct lifecy
     get_seq(root, "gen", &out->gen);
     get_seq(root, "applied_gen", &out->applied_gen);
     get_seq(root, "applied_exists_seq", &out->applied_exists_seq);
+    get_seq(root, "epoch", &out->epoch);
     /* Written before the field existed: a record whose state was applied had its exists event
      * applied too. */
     if (!json_object_get(root, "applied_exists_seq") && out->applied_gen >= out->gen)
@@ -612,10 +615,23 @@ out:
 }
 
 bool lifecycle_record_apply(struct lifecycle_record *r, const struct lifecycle_event *ev,
-                            uint64_t seq)
+                            uint64_t seq, uint64_t epoch)
 {
     bool modified = false; /* some field moved: the record must be written */
     bool changed = false;  /* the desired hub state moved: it must be reconciled */
+    if (epoch && r->epoch && epoch < r->epoch)
+        return false; /* from a stream older than the one the record counts in */
+    if (epoch && r->epoch != epoch) {
+        /* A record of unknown epoch adopts this one: its sequences are taken to count in the
+         * stream we read now (the upgrade case). */
+        if (r->epoch) {
+            r->exists_seq = 0;
+            r->enabled_seq = 0;
+            r->applied_exists_seq = 0;
+        }
+        r->epoch = epoch;
+        modified = true;
+    }
     if ((ev->kind == LIFECYCLE_PROVISION || ev->kind == LIFECYCLE_DECOMMISSION) &&
         seq > r->exists_seq) {
         bool exists = ev->kind == LIFECYCLE_PROVISION;

@@ -237,7 +237,7 @@ static bool record_event(struct job *j, struct failure *f)
         } else if (!record_read(j, f)) {
             return false;
         }
-        if (!lifecycle_record_apply(&j->rec, &j->ev, event_order(j->m)))
+        if (!lifecycle_record_apply(&j->rec, &j->ev, event_order(j->m), j->m->epoch))
             return true;
         enum iot_err rc = record_write(j, f);
         if (rc == IOT_OK)

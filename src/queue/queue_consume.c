@@ -90,6 +90,10 @@ enum iot_err queue_fetch(struct queue_consumer *c, struct queue_msg *msgs, size_
         return IOT_OK; /* idle */
     if (s != NATS_OK)
         return queue_nats_error(q, err, s, jerr, "fetching events");
+    /* The consumer is found by name, so a stream re-created by another process goes unnoticed
+     * by the fetch: its creation time, read after the messages came, labels them. */
+    if (list.Count > 0)
+        queue_refresh_epoch(q);
 
     for (int i = 0; i < list.Count; i++) {
         natsMsg *m = list.Msgs[i];
@@ -115,6 +119,7 @@ enum iot_err queue_fetch(struct queue_consumer *c, struct queue_msg *msgs, size_
         /* a requeued copy stands where the event was first published, never after itself */
         out->order_seq = order && order < out->seq ? order : out->seq;
         out->requeues = queue_header_u64(m, QUEUE_HDR_REQUEUES);
+        out->epoch = atomic_load(&q->events_epoch);
         out->impl = impl;
         jsMsgMetaData_Destroy(meta);
         (*n)++;

@@ -4,6 +4,7 @@
 #define IOT_MANAGER_QUEUE_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -39,6 +40,12 @@
 #define QUEUE_JERR_WRONG_LAST_SEQUENCE  10071
 #define QUEUE_JERR_WORKQUEUE_NOT_UNIQUE 10100
 
+/* Reads the events stream's creation time into events_epoch (unchanged when it cannot be
+ * read), logging a change. */
+void queue_refresh_epoch(struct queue *q);
+/* Stores a creation time read from the events stream into events_epoch, logging a change. */
+void queue_note_epoch(struct queue *q, int64_t created);
+
 /* A numeric header of `m`; 0 when absent or not a number. */
 uint64_t queue_header_u64(natsMsg *m, const char *key);
 
@@ -59,6 +66,11 @@ struct queue {
     int64_t lease_ttl_ms;
     int64_t publish_timeout_ms;
     int64_t connect_timeout_ms;
+
+    /* The events stream's creation time as the last set-up found it (queue_msg.epoch); set
+     * before the consumer is (re-)created, so no message of a new stream is fetched with the
+     * old one. */
+    _Atomic uint64_t events_epoch;
 
     natsOptions *nopts;
     pthread_t thread;

@@ -77,6 +77,7 @@ struct stream_want {
     int64_t duplicates;
     int64_t max_age; /* ns, 0 = none */
     bool allow_direct;
+    int64_t *created; /* out, optional: the stream's creation time (ns) */
 };
 
 static enum iot_err immutable_mismatch(struct iot_error *err, const struct stream_want *w,
@@ -127,6 +128,8 @@ static enum iot_err create_stream(struct queue *q, const struct stream_want *w,
     cfg.MaxAge = w->max_age;
     cfg.AllowDirect = w->allow_direct;
     s = js_AddStream(&si, q->js, &cfg, NULL, &jerr);
+    if (s == NATS_OK && si && w->created)
+        *w->created = si->Created;
     jsStreamInfo_Destroy(si);
     snprintf(what, sizeof what, "creating the NATS %s \"%s\"", w->what, w->name);
     if (s != NATS_OK)
@@ -150,6 +153,8 @@ static enum iot_err ensure_stream(struct queue *q, const struct stream_want *w,
         return create_stream(q, w, err);
     if (s != NATS_OK)
         return setup_error(err, s, jerr, what);
+    if (w->created)
+        *w->created = si->Created;
 
     const jsStreamConfig *have = si->Config;
     const char *hint = "delete it (nats stream rm) or configure the same value";
@@ -333,6 +338,25 @@ static enum iot_err ensure_bucket(struct queue *q, const char *bucket, const cha
     return IOT_OK;
 }
 
+void queue_note_epoch(struct queue *q, int64_t created)
+{
+    if (created <= 0)
+        return;
+    uint64_t was = atomic_exchange(&q->events_epoch, (uint64_t)created);
+    if (was && was != (uint64_t)created)
+        log_warn("queue: the events stream %s was re-created: its sequences start again, and "
+                 "device records count from its events on",
+                 q->stream);
+}
+
+void queue_refresh_epoch(struct queue *q)
+{
+    jsStreamInfo *si = NULL;
+    if (q->js && js_GetStreamInfo(&si, q->js, q->stream, NULL, NULL) == NATS_OK && si)
+        queue_note_epoch(q, si->Created);
+    jsStreamInfo_Destroy(si);
+}
+
 enum iot_err queue_setup_run(struct queue *q, struct iot_error *err)
 {
     enum iot_err rc;
@@ -369,8 +393,11 @@ enum iot_err queue_setup_run(struct queue *q, struct iot_error *err)
         .duplicates = QUEUE_DUPLICATES_NS,
         .allow_direct = true,
     };
+    int64_t created = 0;
+    events.created = &created;
     if ((rc = ensure_stream(q, &events, err)) != IOT_OK)
         return rc;
+    queue_note_epoch(q, created);
     if ((rc = ensure_consumer(q, err)) != IOT_OK)
         return rc;
     if ((rc = ensure_stream(q, &dlq, err)) != IOT_OK)

@@ -5,6 +5,7 @@ and the event log, on both stores.
 Every test uses its own tenant and devices, so the module's nats-server can be shared."""
 
 import json
+import shutil
 import time
 import urllib.parse
 import uuid
@@ -515,6 +516,44 @@ def test_a_busy_hub_drains_at_its_pace_and_dead_letters_nothing(service_factory,
     assert dedicated_nats.stream_messages("IOT_MANAGER_DLQ") == 0
     assert requeued_total(svc) >= 1  # the budget really ran out on a busy hub
     assert "moved to the dead-letter stream" not in svc.log_text()
+    with alarm_paused():
+        svc.stop()
+
+
+@pytest.mark.time_limit(90)
+def test_a_lost_events_stream_restarts_the_order_but_loses_no_later_event(
+        service_factory, dedicated_nats, iothub_sim, mender_sim):
+    """The events stream is lost while the device records survive (a server that lost part of
+    its store, or an operator who removed the stream): the re-created stream counts from 1 again,
+    and its events must still count as newer than what the records hold."""
+    env = hub_env(iothub_sim)
+    env.update(lifecycle_env(dedicated_nats, mender_sim))
+    svc = wait_ready(service_factory(env=env))
+    t = Tenant(svc, iothub_sim, mender_sim)
+    dev, other = str(uuid.uuid4()), str(uuid.uuid4())
+    assert t.provision({"id": dev}).status == 202
+    assert t.provision({"id": other}).status == 202
+    t.wait_hub(dev, "enabled")
+    t.wait_hub(other, "enabled")
+    assert t.bulk("rejected", [{"id": dev}]).status == 202  # the record now holds sequence 3
+    t.wait_hub(dev, "disabled")
+    wait_until(lambda: dedicated_nats.stream_messages("IOT_MANAGER_EVENTS") == 0, 10,
+               interval=0.1, what="the events processed")
+
+    with alarm_paused():
+        dedicated_nats.stop()
+    streams = list(dedicated_nats.store.glob("jetstream/*/streams/IOT_MANAGER_EVENTS"))
+    assert len(streams) == 1, list(dedicated_nats.store.rglob("*"))[:20]
+    shutil.rmtree(streams[0])
+    dedicated_nats.start()
+    wait_ready(svc, timeout=20)
+
+    # sequences 1 and 2 of the new stream
+    assert t.bulk("accepted", [{"id": dev}]).status == 202
+    assert t.decommission(other).status == 202
+    t.wait_hub(dev, "enabled", timeout=30)
+    t.wait_gone(other, timeout=30)
+    assert "was re-created" in svc.log_text()
     with alarm_paused():
         svc.stop()
 

@@ -310,53 +310,104 @@ static void test_record_ordering(void **state)
     struct lifecycle_event acc = make_event(LIFECYCLE_STATUS, "accepted");
     struct lifecycle_event dec = make_event(LIFECYCLE_DECOMMISSION, NULL);
 
-    assert_true(lifecycle_record_apply(&r, &prov, 5));
+    assert_true(lifecycle_record_apply(&r, &prov, 5, 0));
     assert_true(r.exists && r.enabled);
     assert_int_equal(r.exists_seq, 5);
     assert_int_equal(r.enabled_seq, 5);
     assert_int_equal(r.gen, 1);
     assert_string_equal(r.status, "accepted");
     /* a redelivery changes nothing */
-    assert_false(lifecycle_record_apply(&r, &prov, 5));
+    assert_false(lifecycle_record_apply(&r, &prov, 5, 0));
     assert_int_equal(r.gen, 1);
     /* an older status never overrides a newer one */
-    assert_false(lifecycle_record_apply(&r, &rej, 3));
+    assert_false(lifecycle_record_apply(&r, &rej, 3, 0));
     assert_true(r.enabled);
-    assert_true(lifecycle_record_apply(&r, &rej, 7));
+    assert_true(lifecycle_record_apply(&r, &rej, 7, 0));
     assert_false(r.enabled);
     assert_int_equal(r.gen, 2);
-    assert_false(lifecycle_record_apply(&r, &rej, 7));
+    assert_false(lifecycle_record_apply(&r, &rej, 7, 0));
     /* disabled either way: the record moves, the hub state does not */
-    assert_true(lifecycle_record_apply(&r, &noauth, 8));
+    assert_true(lifecycle_record_apply(&r, &noauth, 8, 0));
     assert_false(r.enabled);
     assert_string_equal(r.status, "noauth");
     assert_int_equal(r.gen, 2);
     /* an older decommission arriving late still counts (exists was set at 5) */
-    assert_true(lifecycle_record_apply(&r, &dec, 6));
+    assert_true(lifecycle_record_apply(&r, &dec, 6, 0));
     assert_false(r.exists);
     assert_int_equal(r.exists_seq, 6);
     assert_int_equal(r.gen, 3);
     /* an even older provision does not bring it back, nor does a newer status */
-    assert_false(lifecycle_record_apply(&r, &prov, 4));
+    assert_false(lifecycle_record_apply(&r, &prov, 4, 0));
     assert_false(r.exists);
-    assert_true(lifecycle_record_apply(&r, &acc, 9));
+    assert_true(lifecycle_record_apply(&r, &acc, 9, 0));
     assert_false(r.exists);
     assert_true(r.enabled);
     /* a newer provision does */
-    assert_true(lifecycle_record_apply(&r, &prov, 10));
+    assert_true(lifecycle_record_apply(&r, &prov, 10, 0));
     assert_true(r.exists && r.enabled);
     lifecycle_record_clear(&r);
 
     /* the first event of a device always needs a reconciliation, even a "disabled" one */
     assert_int_equal(lifecycle_record_init(&r, "t", "d"), IOT_OK);
-    assert_true(lifecycle_record_apply(&r, &rej, 2));
+    assert_true(lifecycle_record_apply(&r, &rej, 2, 0));
     assert_int_equal(r.gen, 1);
     assert_false(r.exists);
     assert_int_equal(r.exists_seq, 0);
     lifecycle_record_clear(&r);
     assert_int_equal(lifecycle_record_init(&r, "t", "d"), IOT_OK);
-    assert_true(lifecycle_record_apply(&r, &dec, 2));
+    assert_true(lifecycle_record_apply(&r, &dec, 2, 0));
     assert_int_equal(r.gen, 1);
+    lifecycle_record_clear(&r);
+}
+
+/* Sequences of a re-created events stream start again at 1: they compare only within one
+ * epoch (the stream's creation time). */
+static void test_record_epochs(void **state)
+{
+    (void)state;
+    struct lifecycle_record r;
+    assert_int_equal(lifecycle_record_init(&r, "t", "d"), IOT_OK);
+    struct lifecycle_event prov = make_event(LIFECYCLE_PROVISION, "accepted");
+    struct lifecycle_event rej = make_event(LIFECYCLE_STATUS, "rejected");
+    struct lifecycle_event acc = make_event(LIFECYCLE_STATUS, "accepted");
+    struct lifecycle_event dec = make_event(LIFECYCLE_DECOMMISSION, NULL);
+    const uint64_t first = 1000, second = 2000;
+
+    /* a record written before epochs were recorded adopts the first one it sees, keeping its
+     * sequences: an older event is still older */
+    assert_true(lifecycle_record_apply(&r, &prov, 40, 0));
+    assert_true(lifecycle_record_apply(&r, &rej, 50, 0));
+    assert_int_equal(r.epoch, 0);
+    assert_true(lifecycle_record_apply(&r, &acc, 45, first)); /* only the epoch moves */
+    assert_int_equal(r.epoch, first);
+    assert_false(r.enabled);
+    assert_int_equal(r.enabled_seq, 50);
+    r.applied_gen = r.gen;
+    r.applied_exists_seq = r.exists_seq;
+
+    /* the stream re-created: its event 1 is newer than anything the record holds */
+    uint64_t gen = r.gen;
+    assert_true(lifecycle_record_apply(&r, &acc, 1, second));
+    assert_int_equal(r.epoch, second);
+    assert_true(r.enabled);
+    assert_int_equal(r.enabled_seq, 1);
+    assert_int_equal(r.exists_seq, 0);
+    assert_int_equal(r.applied_exists_seq, 0); /* a provision of the new stream is not applied */
+    assert_true(r.gen > gen);
+    assert_true(lifecycle_record_apply(&r, &dec, 2, second));
+    assert_false(r.exists);
+    assert_int_equal(r.exists_seq, 2);
+    /* within the new epoch the order holds again */
+    assert_false(lifecycle_record_apply(&r, &prov, 1, second));
+    assert_false(r.exists);
+    /* an event of the old stream, whatever its sequence, changes nothing any more */
+    assert_false(lifecycle_record_apply(&r, &prov, 99, first));
+    assert_false(r.exists);
+    assert_int_equal(r.epoch, second);
+    /* an event of unknown epoch compares by sequence, as before */
+    assert_true(lifecycle_record_apply(&r, &prov, 3, 0));
+    assert_true(r.exists);
+    assert_int_equal(r.epoch, second);
     lifecycle_record_clear(&r);
 }
 
@@ -373,6 +424,7 @@ static void test_record_roundtrip(void **state)
     snprintf(r.status, sizeof r.status, "rejected");
     r.gen = 7;
     r.applied_gen = 6;
+    r.epoch = 1795000000123456789ULL;
     memset(r.cs_sha256, 'a', 64);
     r.cs_sha256[64] = '\0';
     char *text = NULL;
@@ -388,6 +440,7 @@ static void test_record_roundtrip(void **state)
     assert_string_equal(back.status, "rejected");
     assert_int_equal(back.gen, 7);
     assert_int_equal(back.applied_gen, 6);
+    assert_int_equal(back.epoch, 1795000000123456789ULL);
     assert_string_equal(back.cs_sha256, r.cs_sha256);
     free(text);
     lifecycle_record_clear(&back);
@@ -424,6 +477,7 @@ int main(void)
         cmocka_unit_test(test_event_decode),
         cmocka_unit_test(test_device_key),
         cmocka_unit_test(test_record_ordering),
+        cmocka_unit_test(test_record_epochs),
         cmocka_unit_test(test_record_roundtrip),
         cmocka_unit_test(test_retry_delay),
     };

@@ -746,11 +746,22 @@ static void test_deleted_stream_recreated(void **state)
 {
     struct fx *f = *state;
     struct queue_consumer *c = consumer(f->q);
-    assert_int_equal(js_DeleteStream(g.js, f->stream, NULL, NULL), NATS_OK);
     uint64_t seq;
+    publish_one(f->q, "status", "{\"before\":1}", &seq);
+    struct queue_msg m[2];
+    assert_int_equal(fetch(c, m, 2, 2000), 1);
+    uint64_t epoch = m[0].epoch; /* the stream's creation time */
+    assert_true(epoch > 0);
+    ack_release(&m[0]);
+    support_sleep_ms(5); /* creation times are in ns, but the server's clock may be coarse */
+
+    assert_int_equal(js_DeleteStream(g.js, f->stream, NULL, NULL), NATS_OK);
     publish_one(f->q, "status", "{\"after\":1}", &seq);
     assert_int_equal(seq, 1); /* a new stream */
-    fetch_only(c, seq);
+    assert_int_equal(fetch(c, m, 2, 2000), 1);
+    assert_int_equal(m[0].seq, seq);
+    assert_true(m[0].epoch > epoch); /* its sequences count anew */
+    ack_release(&m[0]);
     queue_consumer_free(c);
 }
 
