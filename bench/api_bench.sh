@@ -73,68 +73,27 @@ max_other=${MAX_OTHER_CORES:-0.2}
 retries=${RETRIES:-2}
 bench_delay_ms=0
 lua="$here/lib/wrk_auth_report.lua"
+bench_name=api_bench
+# shellcheck source=bench/lib/common.sh
+. "$here/lib/common.sh"
 
-die() {
-  echo "api_bench: $*" >&2
-  exit 1
-}
-
-for tool in wrk curl openssl sqlite3 base64 od awk; do
-  command -v "$tool" >/dev/null || die "$tool is required (Debian: apt-get install $tool)"
-done
-
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cmake -S "$repo" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build "$build_dir" -j2 --target iot-manager iothub-sim >/dev/null ||
-    die "build failed (cmake --build $build_dir --target iot-manager iothub-sim)"
-fi
+require_tools wrk curl openssl sqlite3 base64 od awk
+bench_build iot-manager iothub-sim
 bin=${IOT_MANAGER_BIN:-$build_dir/iot-manager}
 sim=${IOTHUB_SIM:-$build_dir/iothub-sim}
 [ -x "$bin" ] || die "no iot-manager at $bin"
 [ -x "$sim" ] || die "no iothub-sim at $sim"
-build_type=unknown
-if [ -f "$build_dir/CMakeCache.txt" ]; then
-  build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$build_dir/CMakeCache.txt")
-fi
-case "$build_type" in
-Release | RelWithDebInfo) ;;
-*) echo "api_bench: WARNING: build type '$build_type' is not an optimised build" >&2 ;;
-esac
+bench_build_type
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/iotm-api-bench.XXXXXX")
 sim_pid=""
 svc_pid=""
-stop_pid() {
-  local pid=$1
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
+stop_all() {
   stop_pid "$svc_pid"
   stop_pid "$sim_pid"
-  if [ "${KEEP_WORK:-0}" = 1 ]; then
-    echo "api_bench: kept $work" >&2
-  else
-    rm -rf "$work"
-  fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_make_work iotm-api-bench
 
 # ---- helpers
-
-b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
-
-median() { sort -g | awk '{a[NR] = $1} END {if (NR) print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-
-# field NAME LINE: the value of NAME=... in a BENCH_RESULT line
-field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"; }
 
 # listen_port PID: the TCP port PID listens on (the service binds port 0 and does not report it
 # outside its info-level log): its socket inodes matched against /proc/net/tcp{,6}.
@@ -147,8 +106,6 @@ listen_port() {
     /proc/net/tcp /proc/net/tcp6 2>/dev/null)
   [ -z "$hex" ] || echo $((16#$hex))
 }
-
-vmhwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # wrk_run LABEL CONNECTIONS THREADS URL AUTH DURATION: one wrk run; prints its BENCH_RESULT line
 # plus wrk_cpu_s=<wrk's CPU seconds> (and keeps wrk's own output in the work directory). Fails
@@ -178,14 +135,8 @@ wrk_run() {
   echo "$line"
 }
 
-# CPU time in clock ticks: "tasks irq service simulator". tasks: user + system + steal time
-# of every CPU (/proc/stat); irq: hard and soft interrupt time, which the kernel charges to no
-# process (loopback TCP is mostly processed there); the two processes from /proc/PID/stat.
-proc_ticks() { [ -n "$1" ] && sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0; }
-cpu_snapshot() {
-  echo "$(awk '/^cpu / {print $2 + $3 + $4 + $9, $7 + $8; exit}' /proc/stat)" \
-    "$(proc_ticks "$svc_pid")" "$(proc_ticks "$sim_pid")"
-}
+# CPU time in clock ticks: "tasks irq service simulator" (cpu_ticks, then the two processes)
+cpu_snapshot() { echo "$(cpu_ticks)" "$(proc_ticks "$svc_pid")" "$(proc_ticks "$sim_pid")"; }
 
 # Results, one line per run:
 #   "KEY rps p50_us p99_us mean_us service simulator wrk irq other"
@@ -244,20 +195,10 @@ col() { awk -v k="$1" -v n="$2" '$1 == k {print $n}' "$results" | median; }
 
 # ---- the simulator
 
-bash "$repo/scripts/gen-test-certs.sh" "$work/certs" >/dev/null
-policy_key=$(openssl rand -base64 32)
-policy_key2=$(openssl rand -base64 32)
-"$sim" --cert "$work/certs/server.pem" --key "$work/certs/server.key" --quiet \
-  --threads "$sim_threads" --port-file "$work/sim.port" \
-  --policy "iothubowner:$policy_key:$policy_key2:RegistryRead,RegistryWrite,ServiceConnect" \
-  >"$work/iothub-sim.log" 2>&1 &
-sim_pid=$!
-for _ in $(seq 200); do
-  [ -s "$work/sim.port" ] && break
-  kill -0 "$sim_pid" 2>/dev/null || break
-  sleep 0.05
-done
-[ -s "$work/sim.port" ] || { cat "$work/iothub-sim.log" >&2; die "the simulator did not start"; }
+bench_hub_keys
+start_iothub_sim "$work/sim.port" "$work/iothub-sim.log"
+wait_port_file "$work/sim.port" "$sim_pid" 200 0.05 ||
+  { cat "$work/iothub-sim.log" >&2; die "the simulator did not start"; }
 sim_port=$(head -n1 "$work/sim.port")
 hub_host="localhost:$sim_port"
 conn_str="HostName=$hub_host;SharedAccessKeyName=iothubowner;SharedAccessKey=$policy_key"
@@ -268,10 +209,7 @@ sas=$("$bin" sas-token --connection-string "$conn_str" --expiry $(($(date +%s) +
 # ---- the service
 
 tenant=$(openssl rand -hex 12) # a Mender tenant id: 24 hex digits
-token=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url).$(printf \
-  '{"sub":"%s","mender.tenant":"%s","mender.user":true,"mender.plan":"enterprise","iss":"Mender","exp":%d}' \
-  "$(cat /proc/sys/kernel/random/uuid)" "$tenant" $(($(date +%s) + 6 * 3600)) | b64url).bench-unsigned
-user_auth="Bearer $token"
+user_auth="Bearer $(gateway_token "$tenant")"
 aes_key=$(openssl rand -base64 32)
 svc_port=""
 svc_log=""
@@ -280,22 +218,8 @@ svc_log=""
 start_service() {
   local threads=$1
   svc_log="$work/iot-manager-threads$threads.log"
-  IOT_MANAGER_LISTEN="127.0.0.1:0" \
-    IOT_MANAGER_SQLITE_PATH="$work/iot-manager.db" \
-    IOT_MANAGER_MONGO_URL="" \
-    IOT_MANAGER_NATS_URI="" \
-    IOT_MANAGER_NATS_URL="" \
-    IOT_MANAGER_AUTH_MODE=gateway \
-    IOT_MANAGER_RBAC=false \
-    IOT_MANAGER_AES_ENCRYPTION_KEY="$aes_key" \
-    IOT_MANAGER_DOMAIN_WHITELIST="localhost" \
-    IOT_MANAGER_HUB_CA_FILE="$work/certs/ca.pem" \
-    IOT_MANAGER_HUB_ALLOW_PRIVATE_ADDRESSES=true \
-    IOT_MANAGER_HUB_RATELIMIT=false \
-    IOT_MANAGER_HTTP_THREADS="$threads" \
-    IOT_MANAGER_LOG_LEVEL="$log_level" \
-    "${wrapper[@]}" "$bin" --log-level "$log_level" server --automigrate >"$work/iot-manager.stdout" 2>"$svc_log" &
-  svc_pid=$!
+  start_bench_service "127.0.0.1:0" "$work/iot-manager.db" "" "$work/iot-manager.stdout" \
+    "$svc_log" IOT_MANAGER_HTTP_THREADS="$threads"
   svc_port=""
   for _ in $(seq 300); do
     kill -0 "$svc_pid" 2>/dev/null || break
@@ -314,11 +238,7 @@ start_service "$http_threads"
 api="http://127.0.0.1:$svc_port/api/management/v1/iot-manager"
 
 # One integration for the simulated hub.
-code=$(curl -sS -o "$work/create.out" -D "$work/create.hdr" -w '%{http_code}' \
-  -H "Authorization: $user_auth" -H 'Content-Type: application/json' \
-  -d "{\"provider\":\"iot-hub\",\"credentials\":{\"type\":\"sas\",\"connection_string\":\"$conn_str\"}}" \
-  "$api/integrations")
-[ "$code" = 201 ] || { cat "$work/create.out" >&2; die "creating the integration answered $code"; }
+create_integration "$work/create.out" "$api" "$user_auth" "$conn_str" -D "$work/create.hdr"
 integration_id=$(sed -n 's/^[Ll]ocation:.*\/\([0-9a-f-]*\)[[:space:]]*$/\1/p' "$work/create.hdr")
 [ -n "$integration_id" ] || die "no Location header on the created integration"
 
@@ -348,22 +268,20 @@ done
 
 # ---- conditions
 
-passed=$(env | sed -n 's/^\(IOT_MANAGER_[A-Z_]*\)=.*/\1/p' | sort | tr '\n' ' ')
+passed=$(passed_env)
 echo "iot-manager API benchmark"
-echo "  machine:   $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), kernel $(uname -r)"
+echo "  machine:   $(machine_desc)"
 echo "  build:     $build_type ($bin)"
 echo "  service:   gateway mode, SQLite store (WAL, synchronous=NORMAL), log level $log_level, hub rate limiter off"
 echo "  simulator: iothub-sim --threads $sim_threads, HTTPS (TLS 1.3 on loopback)"
 echo "  load:      wrk -t$wrk_threads -c$connections -d$duration --latency (+ -t1 -c1), warm-up $warmup, $runs runs"
 echo "  phases:   $phases"
 [ "${#wrapper[@]}" = 0 ] || echo "  wrapper:   ${wrapper[*]}"
-echo "  loadavg:   $(cut -d' ' -f1-3 /proc/loadavg) before the runs"
+echo "  loadavg:   $(loadavg) before the runs"
 [ -z "$passed" ] || echo "  from env:  $passed"
 echo
 
 # ---- 1. GET /integrations, main service
-
-phase() { [[ "$phases" == *" $1 "* ]]; }
 
 if phase integrations; then
   echo "GET /integrations, $connections connections, IOT_MANAGER_HTTP_THREADS=$http_threads"
@@ -428,12 +346,11 @@ for t in $http_threads_list; do
   done
   hwm_lines+=("IOT_MANAGER_HTTP_THREADS=$t, GET /integrations only: $(vmhwm_kb "$svc_pid") kB")
 done
-echo "  loadavg:   $(cut -d' ' -f1-3 /proc/loadavg) after the runs"
+echo "  loadavg:   $(loadavg) after the runs"
 
 # ---- report
 
 ms() { awk -v v="$1" 'BEGIN {printf "%.3f", v / 1000}'; }
-have() { awk -v k="$1" '$1 == k {found = 1} END {exit !found}' "$results"; }
 # disturbed KEY: "d/n", runs of KEY during which other processes used more than MAX_OTHER_CORES
 disturbed() { awk -v k="$1" -v m="$max_other" '$1 == k {n++; if ($10 > m) d++} END {printf "%d/%d", d, n}' "$results"; }
 # per_req KEY COLUMN: median CPU microseconds per request of column 6 (service) or 7 (simulator)
@@ -534,8 +451,6 @@ if [ -n "$best" ]; then
   printf 'Best IOT_MANAGER_HTTP_THREADS for GET /integrations: %s (%.0f req/s)\n' "$best" "$best_rps"
 fi
 
-verdict() { awk -v v="$1" -v lim="$2" -v dir="$3" \
-  'BEGIN {ok = (dir == "min") ? v >= lim : v < lim; print ok ? "met" : "MISSED"}'; }
 # A negative difference means the noise is larger than what the service adds.
 added_verdict() {
   if awk -v v="$1" 'BEGIN {exit !(v < 0)}'; then

@@ -82,48 +82,21 @@ quota_slack=${QUOTA_SLACK:-200}
 nats_bin=${NATS_SERVER:-/usr/sbin/nats-server}
 read -r -a wrapper <<<"${SERVICE_WRAPPER:-}"
 load="$here/lib/lifecycle_load.py"
+bench_name=lifecycle_bench
+# shellcheck source=bench/lib/common.sh
+. "$here/lib/common.sh"
 
-die() {
-  echo "lifecycle_bench: $*" >&2
-  exit 1
-}
-
-for tool in curl openssl python3 awk; do
-  command -v "$tool" >/dev/null || die "$tool is required (Debian: apt-get install $tool)"
-done
+require_tools curl openssl python3 awk
 [ -x "$nats_bin" ] || die "no nats-server at $nats_bin (apt-get install nats-server, or set NATS_SERVER)"
 
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cmake -S "$repo" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build "$build_dir" -j2 --target iot-manager iothub-sim configure-sink >/dev/null ||
-    die "build failed (cmake --build $build_dir --target iot-manager iothub-sim configure-sink)"
-fi
+bench_build iot-manager iothub-sim configure-sink
 bin=${IOT_MANAGER_BIN:-$build_dir/iot-manager}
 sim=${IOTHUB_SIM:-$build_dir/iothub-sim}
 sink=${CONFIGURE_SINK:-$build_dir/configure-sink}
 for b in "$bin" "$sim" "$sink"; do [ -x "$b" ] || die "no executable at $b"; done
-build_type=unknown
-[ -f "$build_dir/CMakeCache.txt" ] && build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$build_dir/CMakeCache.txt")
-case "$build_type" in
-Release | RelWithDebInfo) ;;
-*) echo "lifecycle_bench: WARNING: build type '$build_type' is not an optimised build" >&2 ;;
-esac
+bench_build_type
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/iotm-lc-bench.XXXXXX")
-pids=()
 nats_pid="" sim_pid="" sink_pid="" svc_pid=""
-
-stop_pid() {
-  local pid=$1
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 stop_all() {
   stop_pid "$svc_pid"
   stop_pid "$sink_pid"
@@ -131,44 +104,19 @@ stop_all() {
   stop_pid "$nats_pid"
   svc_pid="" sink_pid="" sim_pid="" nats_pid=""
 }
-cleanup() {
-  stop_all
-  if [ "${KEEP_WORK:-0}" = 1 ]; then
-    echo "lifecycle_bench: kept $work" >&2
-  else
-    rm -rf "$work"
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_make_work iotm-lc-bench
 
-b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
-median() { sort -g | awk '{a[NR] = $1} END {if (NR) print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # ctx_switches PID: context switches of all the process's threads so far
 ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches:/ {n += $2} END {print n + 0}'; }
-vmhwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-proc_ticks() { [ -n "$1" ] && sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0; }
 
 # wait_file FILE PID WHAT: until FILE has a line, or PID died
-wait_file() {
-  for _ in $(seq 400); do
-    [ -s "$1" ] && [ "$(tail -c1 "$1" | od -An -c | tr -d ' ')" = '\n' ] && return 0
-    kill -0 "$2" 2>/dev/null || break
-    sleep 0.025
-  done
-  die "$3 did not start (log in $work)"
-}
+wait_file() { wait_port_file "$1" "$2" 400 0.025 || die "$3 did not start (log in $work)"; }
 
-bash "$repo/scripts/gen-test-certs.sh" "$work/certs" >/dev/null
-policy_key=$(openssl rand -base64 32)
-policy_key2=$(openssl rand -base64 32)
+bench_hub_keys
 aes_key=$(openssl rand -base64 32)
 tenant=$(openssl rand -hex 12)
-user_token=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url).$(printf \
-  '{"sub":"%s","mender.tenant":"%s","mender.user":true,"mender.plan":"enterprise","iss":"Mender","exp":%d}' \
-  "$(cat /proc/sys/kernel/random/uuid)" "$tenant" $(($(date +%s) + 6 * 3600)) | b64url).bench-unsigned
+user_token=$(gateway_token "$tenant")
 
 # start_all LABEL LATENCY_MS SIM_ARGS... -- ENV...: every process afresh in $work/LABEL; sets
 # the pids, hub_url, sink_url, api_url. The service gets ENV (NAME=value) on top of the defaults.
@@ -192,11 +140,7 @@ start_all() {
     sleep 0.05
   done
 
-  "$sim" --cert "$work/certs/server.pem" --key "$work/certs/server.key" --quiet \
-    --threads "$sim_threads" --port-file "$dir/sim.port" --latency-ms "$latency" \
-    --policy "iothubowner:$policy_key:$policy_key2:RegistryRead,RegistryWrite,ServiceConnect" \
-    "${sim_args[@]}" >"$dir/iothub-sim.log" 2>&1 &
-  sim_pid=$!
+  start_iothub_sim "$dir/sim.port" "$dir/iothub-sim.log" --latency-ms "$latency" "${sim_args[@]}"
   wait_file "$dir/sim.port" "$sim_pid" "iothub-sim"
   local sim_port
   sim_port=$(head -n1 "$dir/sim.port")
@@ -212,28 +156,14 @@ start_all() {
   sport=$(free_port)
   local fb=()
   [ -n "$fetch_batch" ] && fb=("IOT_MANAGER_FETCH_BATCH=$fetch_batch")
-  env IOT_MANAGER_LISTEN="127.0.0.1:$sport" \
-    IOT_MANAGER_SQLITE_PATH="$dir/iot-manager.db" \
-    IOT_MANAGER_MONGO_URL="" \
-    IOT_MANAGER_NATS_URI="nats://127.0.0.1:$nport" \
-    IOT_MANAGER_NATS_URL="" \
-    IOT_MANAGER_AUTH_MODE=gateway \
-    IOT_MANAGER_RBAC=false \
-    IOT_MANAGER_AES_ENCRYPTION_KEY="$aes_key" \
-    IOT_MANAGER_DOMAIN_WHITELIST="localhost" \
-    IOT_MANAGER_HUB_CA_FILE="$work/certs/ca.pem" \
-    IOT_MANAGER_HUB_ALLOW_PRIVATE_ADDRESSES=true \
-    IOT_MANAGER_HUB_RATELIMIT=false \
+  start_bench_service "127.0.0.1:$sport" "$dir/iot-manager.db" "nats://127.0.0.1:$nport" \
+    "$dir/iot-manager.stdout" "$dir/iot-manager.log" \
     IOT_MANAGER_HUB_MAX_CONNECTIONS="$hub_max_conn" \
     IOT_MANAGER_WORKERS="$workers" \
     IOT_MANAGER_CONFIGURE_MODE="$configure_mode" \
     IOT_MANAGER_WORKFLOWS_URL="$sink_url" \
     IOT_MANAGER_DEVICECONFIG_URL="$sink_url" \
-    IOT_MANAGER_LOG_LEVEL="$log_level" \
-    "${fb[@]}" "${env_extra[@]}" \
-    "${wrapper[@]}" "$bin" --log-level "$log_level" server --automigrate \
-    >"$dir/iot-manager.stdout" 2>"$dir/iot-manager.log" &
-  svc_pid=$!
+    "${fb[@]}" "${env_extra[@]}"
   api_url="http://127.0.0.1:$sport"
   for _ in $(seq 400); do
     kill -0 "$svc_pid" 2>/dev/null || die "iot-manager exited (see $dir/iot-manager.log)"
@@ -243,20 +173,13 @@ start_all() {
   [ "$(curl -s -o /dev/null -w '%{http_code}' "$api_url/api/internal/v1/iot-manager/health")" = 204 ] ||
     die "iot-manager not healthy (see $dir/iot-manager.log)"
 
-  local conn_str="HostName=$hub_host;SharedAccessKeyName=iothubowner;SharedAccessKey=$policy_key"
-  local code
-  code=$(curl -sS -o "$dir/create.out" -w '%{http_code}' -H "Authorization: Bearer $user_token" \
-    -H 'Content-Type: application/json' \
-    -d "{\"provider\":\"iot-hub\",\"credentials\":{\"type\":\"sas\",\"connection_string\":\"$conn_str\"}}" \
-    "$api_url/api/management/v1/iot-manager/integrations")
-  [ "$code" = 201 ] || { cat "$dir/create.out" >&2; die "creating the integration answered $code"; }
+  create_integration "$dir/create.out" "$api_url/api/management/v1/iot-manager" \
+    "Bearer $user_token" "HostName=$hub_host;SharedAccessKeyName=iothubowner;SharedAccessKey=$policy_key"
 }
 
-# CPU time in clock ticks: "tasks irq service nats sim sink" (tasks: user + system + steal of
-# every CPU; irq: hard and soft interrupt time, which no process is charged for)
+# CPU time in clock ticks: "tasks irq service nats sim sink" (cpu_ticks, then the processes)
 cpu_snapshot() {
-  echo "$(awk '/^cpu / {print $2 + $3 + $4 + $9, $7 + $8; exit}' /proc/stat)" \
-    "$(proc_ticks "$svc_pid")" "$(proc_ticks "$nats_pid")" "$(proc_ticks "$sim_pid")" \
+  echo "$(cpu_ticks)" "$(proc_ticks "$svc_pid")" "$(proc_ticks "$nats_pid")" "$(proc_ticks "$sim_pid")" \
     "$(proc_ticks "$sink_pid")"
 }
 hz=$(getconf CLK_TCK)
@@ -337,20 +260,18 @@ provision_run() {
   echo "$best" >>"$results"
 }
 
-passed=$(env | sed -n 's/^\(IOT_MANAGER_[A-Z_]*\)=.*/\1/p' | sort | tr '\n' ' ')
+passed=$(passed_env)
 echo "iot-manager lifecycle benchmark"
-echo "  machine:    $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), kernel $(uname -r)"
+echo "  machine:    $(machine_desc)"
 echo "  build:      $build_type ($bin)"
 echo "  service:    server (API + $workers workers${fetch_batch:+, fetch batch $fetch_batch}), SQLite store (WAL, synchronous=NORMAL),"
 echo "              log level $log_level, hub pool $hub_max_conn connections, Configure mode $configure_mode"
 echo "  NATS:       $("$nats_bin" --version 2>&1 | head -n1), JetStream file storage in a temporary directory (default sync: fsync every 2 min)"
 echo "  simulators: iothub-sim --threads $sim_threads (HTTPS, TLS 1.3), configure-sink --threads $sink_threads"
 echo "  load:       one POST per device, $concurrency connections$([ "$rate" != 0 ] && echo ", paced to $rate/s")"
-echo "  loadavg:    $(cut -d' ' -f1-3 /proc/loadavg) before the runs"
+echo "  loadavg:    $(loadavg) before the runs"
 [ -z "$passed" ] || echo "  from env:   $passed"
 echo
-
-phase() { [[ "$phases" == *" $1 "* ]]; }
 
 for lat in 0 50; do
   phase "${lat}ms" || continue
@@ -385,13 +306,11 @@ if phase quota; then
     cat "$work/quota/load.err" >&2
   fi
 fi
-echo "  loadavg:    $(cut -d' ' -f1-3 /proc/loadavg) after the runs"
+echo "  loadavg:    $(loadavg) after the runs"
 
 # ---- report
 
 col() { awk -v k="$1" '$1 == k' "$results" | while read -r l; do field "$2" "$l"; done | median; }
-have() { awk -v k="$1" '$1 == k {f = 1} END {exit !f}' "$results"; }
-verdict() { awk -v v="$1" -v lim="$2" 'BEGIN {print (v >= lim) ? "met" : "MISSED"}'; }
 
 echo
 echo "Medians of $runs runs:"

@@ -18,6 +18,9 @@ duration=${DURATION:-10s}
 connections=${CONNECTIONS:-32}
 wrk_threads=${WRK_THREADS:-2}
 sim_threads=${SIM_THREADS:-2}
+bench_name=sim_bench
+# shellcheck source=bench/lib/common.sh
+. "$here/lib/common.sh"
 
 for tool in wrk openssl curl base64 od; do
   command -v "$tool" >/dev/null || { echo "sim_bench: $tool is required (apt-get install $tool)" >&2; exit 2; }
@@ -27,33 +30,23 @@ done
 work=$(mktemp -d)
 sim_pid=""
 cleanup() {
-  if [ -n "$sim_pid" ]; then
-    kill "$sim_pid" 2>/dev/null || true
-    wait "$sim_pid" 2>/dev/null || true
-  fi
+  stop_pid "$sim_pid"
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 "$repo/scripts/gen-test-certs.sh" "$work/certs"
-key=$(openssl rand -base64 32)
-key2=$(openssl rand -base64 32)
-"$sim" --cert "$work/certs/server.pem" --key "$work/certs/server.key" --quiet \
-  --threads "$sim_threads" --port-file "$work/port" \
-  --policy "iothubowner:$key:$key2:RegistryRead,RegistryWrite,ServiceConnect" \
-  >"$work/sim.out" 2>&1 &
-sim_pid=$!
-for _ in $(seq 100); do
-  [ -s "$work/port" ] && break
-  sleep 0.05
-done
-[ -s "$work/port" ] || { echo "sim_bench: simulator did not start" >&2; cat "$work/sim.out" >&2; exit 1; }
+policy_key=$(openssl rand -base64 32)
+policy_key2=$(openssl rand -base64 32)
+start_iothub_sim "$work/port" "$work/sim.out"
+wait_port_file "$work/port" "$sim_pid" 100 0.05 ||
+  { echo "sim_bench: simulator did not start" >&2; cat "$work/sim.out" >&2; exit 1; }
 port=$(cat "$work/port")
 host="localhost:$port"
 
 # SAS token (azure-iothub.md §1.3): sr = the host, HMAC-SHA256 with the decoded key.
 se=$(( $(date +%s) + 3600 ))
-hexkey=$(printf '%s' "$key" | base64 -d | od -An -v -tx1 | tr -d ' \n')
+hexkey=$(printf '%s' "$policy_key" | base64 -d | od -An -v -tx1 | tr -d ' \n')
 sig=$(printf '%s\n%s' "$host" "$se" | openssl dgst -sha256 -mac HMAC -macopt "hexkey:$hexkey" -binary | base64)
 sig=$(printf '%s' "$sig" | sed -e 's/+/%2B/g' -e 's/\//%2F/g' -e 's/=/%3D/g')
 token="SharedAccessSignature sr=$host&sig=$sig&se=$se&skn=iothubowner"
@@ -81,5 +74,5 @@ for i in $(seq "$runs"); do
   echo "run $i: $rps req/s (avg latency $lat)"
   results+=("$rps")
 done
-median=$(printf '%s\n' "${results[@]}" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}')
+median=$(printf '%s\n' "${results[@]}" | median)
 echo "median: $median req/s"

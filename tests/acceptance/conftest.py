@@ -166,6 +166,35 @@ def _register(proc):
     return proc
 
 
+def _spawn(argv, log, err=None, env=None):
+    """Starts `argv` in a session of its own (a signal to the test run does not reach it), its
+    stdout appended to `log` and its stderr to `err` (default: `log` too); killed at session
+    end whatever happened."""
+    out = open(log, "ab")
+    errf = open(err, "ab") if err is not None else out
+    try:
+        return _register(subprocess.Popen(argv, env=env, stdout=out, stderr=errf,
+                                          stdin=subprocess.DEVNULL, start_new_session=True))
+    finally:
+        out.close()
+        errf.close()
+
+
+def _stop_process(proc, grace=5, sig=signal.SIGTERM):
+    """Sends `sig` to `proc` if it still runs and waits up to `grace` s for it, then SIGKILLs it.
+    False when it had to be killed."""
+    if proc is None or proc.poll() is not None:
+        return True
+    proc.send_signal(sig)
+    try:
+        proc.wait(grace)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        return False
+
+
 # Secrets must never reach the service's logs. Every log file of the run is scanned at the end
 # for the secrets the run handed to the service (keys in connection strings, encryption keys,
 # bearer tokens) and for anything shaped like a connection string, SAS token or signature.
@@ -777,10 +806,7 @@ class MongoServer:
 
     def start(self):
         assert self.argv, "an external server cannot be started"
-        logf = open(self.log, "ab")
-        self.proc = _register(subprocess.Popen(self.argv, stdout=logf, stderr=logf,
-                                               stdin=subprocess.DEVNULL, start_new_session=True))
-        logf.close()
+        self.proc = _spawn(self.argv, self.log)
         self.wait_ready()
 
     def stop(self, grace=1.0):
@@ -788,13 +814,7 @@ class MongoServer:
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        _stop_process(self.proc, grace)
         self.proc = None
 
     def wait_ready(self, timeout=30):
@@ -920,13 +940,7 @@ class Service:
         if env is not None:
             self.set_env(env)
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        out = open(self.stdout_path, "ab")
-        err = open(self.log_path, "ab")
-        self.proc = _register(subprocess.Popen([BIN, *self.args], env=self.env, stdout=out,
-                                               stderr=err, stdin=subprocess.DEVNULL,
-                                               start_new_session=True))
-        out.close()
-        err.close()
+        self.proc = _spawn([BIN, *self.args], self.stdout_path, err=self.log_path, env=self.env)
         if wait:
             self.wait_alive()
         return self
@@ -962,14 +976,8 @@ class Service:
         """Signals the process and waits; returns its exit code (killed after `timeout`)."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                raise AssertionError(f"iot-manager did not exit within {timeout} s of {sig!r}")
+        if not _stop_process(self.proc, timeout, sig):
+            raise AssertionError(f"iot-manager did not exit within {timeout} s of {sig!r}")
         return self.proc.returncode
 
     def kill(self):
@@ -1180,6 +1188,55 @@ SIM_READ_ONLY = ("registryRead", b64(hashlib.sha256(b"sim reader primary").diges
                  b64(hashlib.sha256(b"sim reader secondary").digest()), "RegistryRead")
 
 
+class _PortFileSim:
+    """A simulator process (iothub-sim, mender_sim.py) that writes the port it listens on, and a
+    newline, to a port file."""
+
+    def __init__(self, workdir):
+        self.workdir = pathlib.Path(workdir)
+        self.proc = None
+        self.port = None
+
+    def _launch(self, argv, port_file, log_name, name):
+        """Starts `argv` (logging to `log_name` in the work directory) and waits for its port;
+        fails with the end of its log when it exits first."""
+        log = self.workdir / log_name
+        self.proc = _spawn(argv, log)
+
+        def port():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{name} exited with {self.proc.returncode}: "
+                                     + log.read_text()[-2000:])
+            text = port_file.read_text() if port_file.exists() else ""
+            return int(text) if text.endswith("\n") else None
+
+        self.port = wait_until(port, 10, what=f"{name}'s port file")
+
+    def stop(self):
+        _stop_process(self.proc)
+
+
+def _session_process(name, cls, dirname):
+    """A session fixture `name`: a `cls` simulator started in a fresh directory named `dirname`
+    on first use and stopped at session end."""
+
+    @pytest.fixture(scope="session", name=name)
+    def process(tmp_path_factory):
+        sim = cls(tmp_path_factory.mktemp(dirname)).start()
+        yield sim
+        sim.stop()
+
+    return process
+
+
+def _reset_session_process(process, name):
+    """A session-wide simulator, reset for the next test (which fails if it died earlier)."""
+    if process.proc.poll() is not None:
+        pytest.fail(f"{name} died during an earlier test")
+    process.reset()
+    return process
+
+
 def hub_sas_token(host, policy_name, key_b64, ttl=3600):
     """A service SAS token as Azure documents it (azure-iothub.md §1.3)."""
     se = str(int(time.time()) + ttl)
@@ -1189,18 +1246,16 @@ def hub_sas_token(host, policy_name, key_b64, ttl=3600):
     return f"SharedAccessSignature sr={sr}&sig={sig}&se={se}&skn={policy_name}"
 
 
-class IotHubSim:
+class IotHubSim(_PortFileSim):
     """The iothub-sim process (HTTPS with a throwaway CA) and helpers for its APIs."""
 
     def __init__(self, workdir, policies=None):
-        self.workdir = pathlib.Path(workdir)
+        super().__init__(workdir)
         # (name, primary, secondary, permissions) of each shared access policy; a test may start
         # a simulator of its own with more (e.g. one policy per tenant, as Mender's tests do).
         self.policies = list(policies) if policies is not None else [SIM_OWNER, SIM_READ_ONLY]
         self.certs = self.workdir / "certs"
         self.ca = str(self.certs / "ca.pem")
-        self.proc = None
-        self.port = None
 
     def start(self):
         if not os.access(SIM_BIN, os.X_OK):
@@ -1218,30 +1273,9 @@ class IotHubSim:
                 "--key", str(self.certs / "server.key"), "--port-file", str(port_file), "--quiet"]
         for policy in self.policies:
             argv += ["--policy", ":".join(policy)]
-        log = open(self.workdir / "iothub-sim.log", "ab")
-        self.proc = _register(subprocess.Popen(argv, stdout=log, stderr=log,
-                                               stdin=subprocess.DEVNULL, start_new_session=True))
-        log.close()
-
-        def port():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"iothub-sim exited with {self.proc.returncode}: "
-                                     + (self.workdir / "iothub-sim.log").read_text()[-2000:])
-            text = port_file.read_text() if port_file.exists() else ""
-            return int(text) if text.endswith("\n") else None
-
-        self.port = wait_until(port, 10, what="iothub-sim's port file")
+        self._launch(argv, port_file, "iothub-sim.log", "iothub-sim")
         self.ctx = ssl.create_default_context(cafile=self.ca)
         return self
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
     @property
     def host(self):
@@ -1347,20 +1381,13 @@ class IotHubSim:
                             reported)
 
 
-@pytest.fixture(scope="session")
-def _iothub_sim_process(tmp_path_factory):
-    sim = IotHubSim(tmp_path_factory.mktemp("iothub-sim")).start()
-    yield sim
-    sim.stop()
+_iothub_sim_process = _session_process("_iothub_sim_process", IotHubSim, "iothub-sim")
 
 
 @pytest.fixture
 def iothub_sim(_iothub_sim_process):
     """The session's simulator with no devices, faults, latency or request log."""
-    if _iothub_sim_process.proc.poll() is not None:
-        pytest.fail("iothub-sim died during an earlier test")
-    _iothub_sim_process.reset()
-    return _iothub_sim_process
+    return _reset_session_process(_iothub_sim_process, "iothub-sim")
 
 
 def hub_env(sim):
@@ -1520,10 +1547,7 @@ class NatsServer:
                         f"set NATS_SERVER)")
         argv = [NATS_SERVER_BIN, "-a", "127.0.0.1", "-js", "-sd", str(self.store),
                 "-p", str(self.port), "-m", str(self.monitor_port)]
-        logf = open(self.log, "ab")
-        self.proc = _register(subprocess.Popen(argv, stdout=logf, stderr=logf,
-                                               stdin=subprocess.DEVNULL, start_new_session=True))
-        logf.close()
+        self.proc = _spawn(argv, self.log)
 
         def ready():
             if self.proc.poll() is not None:
@@ -1539,13 +1563,7 @@ class NatsServer:
 
     def stop(self):
         """SIGTERM (nats-server 2.9 exits with 1 on it), then SIGKILL after a grace period."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        _stop_process(self.proc)
         self.proc = None
 
     def _get(self, path, timeout=5):
@@ -1589,41 +1607,15 @@ def dedicated_nats(tmp_path):
         server.stop()
 
 
-class MenderSim:
+class MenderSim(_PortFileSim):
     """tests/sim/mender_sim.py: workflows, deviceconfig and deviceauth on one loopback port."""
-
-    def __init__(self, workdir):
-        self.workdir = pathlib.Path(workdir)
-        self.proc = None
-        self.port = None
 
     def start(self):
         port_file = self.workdir / "port"
-        log = open(self.workdir / "mender-sim.log", "ab")
-        self.proc = _register(subprocess.Popen(
-            [os.environ.get("PYTHON", "python3"), str(MENDER_SIM), "--port-file", str(port_file),
-             "--quiet"], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-            start_new_session=True))
-        log.close()
-
-        def port():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"mender_sim.py exited with {self.proc.returncode}: "
-                                     + (self.workdir / "mender-sim.log").read_text()[-2000:])
-            text = port_file.read_text() if port_file.exists() else ""
-            return int(text) if text.endswith("\n") else None
-
-        self.port = wait_until(port, 10, what="mender_sim.py's port file")
+        self._launch([os.environ.get("PYTHON", "python3"), str(MENDER_SIM),
+                      "--port-file", str(port_file), "--quiet"], port_file, "mender-sim.log",
+                     "mender_sim.py")
         return self
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
     @property
     def url(self):
@@ -1675,20 +1667,13 @@ class MenderSim:
         return body
 
 
-@pytest.fixture(scope="session")
-def _mender_sim_process(tmp_path_factory):
-    sim = MenderSim(tmp_path_factory.mktemp("mender-sim")).start()
-    yield sim
-    sim.stop()
+_mender_sim_process = _session_process("_mender_sim_process", MenderSim, "mender-sim")
 
 
 @pytest.fixture
 def mender_sim(_mender_sim_process):
     """The session's Mender simulator with no requests, configurations, jobs or faults."""
-    if _mender_sim_process.proc.poll() is not None:
-        pytest.fail("mender_sim.py died during an earlier test")
-    _mender_sim_process.reset()
-    return _mender_sim_process
+    return _reset_session_process(_mender_sim_process, "mender_sim.py")
 
 
 def lifecycle_env(nats, msim, **extra):
