@@ -257,6 +257,22 @@ static bool record_applied(struct job *j, uint64_t gen, uint64_t exists_seq, con
     for (int attempt = 0; attempt < RECORD_CAS_ATTEMPTS; attempt++) {
         if (attempt > 0 && !record_read(j, f))
             return false;
+        if (j->rec.applied_gen > gen) {
+            /* Another worker applied a newer generation while we applied ours. That takes the
+             * lease, so ours had expired during a slow call, and our hub writes may have landed
+             * after theirs: have the current generation applied once more. */
+            j->rec.applied_gen = j->rec.gen ? j->rec.gen - 1 : 0;
+            enum iot_err rc = record_write(j, f);
+            if (rc == IOT_ERR_CONFLICT)
+                continue;
+            if (rc != IOT_OK)
+                return false;
+            log_write(LOG_LEVEL_WARN, j->ev.request_id, j->ev.tenant_id,
+                      "device %s: another worker applied a newer state while our lease had "
+                      "expired; reconciling it again",
+                      j->ev.device_id);
+            return fail_retry(f, "another worker applied a newer state meanwhile");
+        }
         if (j->rec.applied_gen < gen)
             j->rec.applied_gen = gen;
         if (j->rec.applied_exists_seq < exists_seq)

@@ -558,6 +558,36 @@ def test_a_lost_events_stream_restarts_the_order_but_loses_no_later_event(
         svc.stop()
 
 
+@pytest.mark.time_limit(90)
+def test_a_write_from_a_worker_whose_lease_expired_is_undone(service_factory, dedicated_nats,
+                                                             iothub_sim, mender_sim):
+    """A hub call slower than the lease: another worker takes the device over and applies the
+    newer event, then the slow worker's older write lands. The device must still end in the
+    state of its latest event."""
+    env = hub_env(iothub_sim)
+    env.update(lifecycle_env(dedicated_nats, mender_sim, IOT_MANAGER_LEASE_TTL_MS="1000",
+                             IOT_MANAGER_FETCH_BATCH="1"))
+    svc = wait_ready(service_factory(env=env))
+    t = Tenant(svc, iothub_sim, mender_sim)
+    dev = str(uuid.uuid4())
+    assert t.provision({"id": dev}).status == 202
+    t.wait_hub(dev, "enabled")
+    t.wait_configured(dev)
+    # the worker that takes "rejected" reads the identity, and the answer takes 5 s: its lease
+    # (1 s) expires meanwhile and the other worker applies "accepted"
+    iothub_sim.fault(match=f"GET /devices/{dev}", latency_ms=5000, count=1)
+    assert t.bulk("rejected", [{"id": dev}]).status == 202
+    time.sleep(1.5)
+    assert t.bulk("accepted", [{"id": dev}]).status == 202
+    wait_until(lambda: "reconciling it again" in svc.log_text(), 20, interval=0.2,
+               what="the slow worker noticing that a newer state was applied meanwhile")
+    wait_until(lambda: dedicated_nats.stream_messages("IOT_MANAGER_EVENTS") == 0, 20,
+               interval=0.2, what="every event processed")
+    assert t.hub_device(dev)["status"] == "enabled"
+    with alarm_paused():
+        svc.stop()
+
+
 @pytest.mark.time_limit(60)
 def test_worker_command_processes_events_without_http(service_factory, lc_env, iothub_sim,
                                                       mender_sim, backend, tmp_path):
