@@ -84,13 +84,18 @@ def hub_device(device):
 def main():
     step(1, "Register the tenant's Azure IoT Hub (Settings -> Integrations)")
     status, integrations = call("GET", f"{MGMT}/integrations")
+    cs = f"HostName={STACK['hub_host']};SharedAccessKeyName={STACK['hub_policy']};SharedAccessKey={STACK['hub_key']}"
+    credentials = {"type": "sas", "connection_string": cs}
     if integrations:
-        print(f"   already registered: {integrations[0]['id']}")
+        # kept from an earlier run (.local): the simulated hub listens on a new port each start
         integration_id = integrations[0]["id"]
+        status, _ = call("PUT", f"{MGMT}/integrations/{integration_id}/credentials", credentials)
+        print(f"   already registered: {integration_id}; PUT its credentials for this run's hub "
+              f"-> {status}")
+        _, integrations = call("GET", f"{MGMT}/integrations")
     else:
-        cs = f"HostName={STACK['hub_host']};SharedAccessKeyName={STACK['hub_policy']};SharedAccessKey={STACK['hub_key']}"
         status, _ = call("POST", f"{MGMT}/integrations",
-                         {"provider": "iot-hub", "credentials": {"type": "sas", "connection_string": cs}})
+                         {"provider": "iot-hub", "credentials": credentials})
         print(f"   POST /integrations -> {status}")
         _, integrations = call("GET", f"{MGMT}/integrations")
         integration_id = integrations[0]["id"]
