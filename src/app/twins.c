@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "iot-manager/app.h"
+#include "iot-manager/lifecycle.h"
 #include "iot-manager/log.h"
 
 #define TWIN_MAX_DEPTH     10
@@ -159,23 +160,6 @@ enum iot_err app_twin_validate_desired(const json_t *desired, bool allow_null,
 
 /* ---- hub access ---- */
 
-/* Borrowed view of an integration's connection string (the integration owns the memory). */
-static void connstr_view(const struct integration *in, struct connstr *cs)
-{
-    memset(cs, 0, sizeof *cs);
-    const struct credentials_sas *sas = &in->credentials.sas;
-    cs->hostname = sas->hostname;
-    cs->gateway_hostname = sas->gateway_hostname;
-    cs->name = sas->name;
-    cs->device_id = sas->device_id;
-    cs->module_id = sas->module_id;
-    if (sas->access_key.state == SECRET_PLAIN) {
-        cs->key = sas->access_key.data;
-        cs->key_len = sas->access_key.len;
-        cs->has_key = true;
-    }
-}
-
 /* Maps a hub failure to what the API answers, with a message an operator can act on. */
 static enum iot_err hub_failure(const struct hub_error *herr, const struct integration *in,
                                 const char *device_id, int64_t *retry_after_ms,
@@ -268,7 +252,7 @@ enum iot_err app_device_state_get(struct app *app, const char *tenant, const cha
     if (rc != IOT_OK)
         return rc;
     struct connstr cs;
-    connstr_view(&in, &cs);
+    (void)lifecycle_integration_connstr(&in, &cs); /* a missing key: the hub call says so */
     struct hub_twin twin = {0};
     struct hub_error herr = {0};
     rc = hub_twin_get(app->hub, &cs, device_id, &twin, &herr);
@@ -338,7 +322,7 @@ enum iot_err app_device_state_write(struct app *app, const char *tenant, const c
     if ((rc = linked_integration(app, tenant, device_id, integration_id, &in, err)) != IOT_OK)
         return rc;
     struct connstr cs;
-    connstr_view(&in, &cs);
+    (void)lifecycle_integration_connstr(&in, &cs); /* a missing key: the hub call says so */
     struct hub_twin current = {0};
     struct hub_twin updated = {0};
     struct hub_error herr = {0};
