@@ -80,6 +80,17 @@ struct stream_want {
     int64_t *created; /* out, optional: the stream's creation time (ns) */
 };
 
+/* A refused update of a stream or consumer. A JetStream error means the server refused a value
+ * (e.g. replicas on a single server): retrying the same request cannot help. */
+static enum iot_err update_error(struct iot_error *err, natsStatus s, jsErrCode jerr,
+                                 const char *what)
+{
+    if (jerr)
+        return iot_error_set(err, IOT_ERR_CONFIG, "%s: %s (JetStream error %d)", what,
+                             last_error_text(), (int)jerr);
+    return setup_error(err, s, jerr, what);
+}
+
 static enum iot_err immutable_mismatch(struct iot_error *err, const struct stream_want *w,
                                        const char *setting, const char *have, const char *want,
                                        const char *hint)
@@ -215,13 +226,7 @@ static enum iot_err ensure_stream(struct queue *q, const struct stream_want *w,
         s = js_UpdateStream(&si2, q->js, &cfg, NULL, &jerr);
         jsStreamInfo_Destroy(si2);
         if (s != NATS_OK) {
-            /* the server refused a value (e.g. replicas on a single server): retrying the
-             * same request cannot help */
-            if (jerr)
-                rc = iot_error_set(err, IOT_ERR_CONFIG, "%s: %s (JetStream error %d)", what,
-                                   last_error_text(), (int)jerr);
-            else
-                rc = setup_error(err, s, jerr, what);
+            rc = update_error(err, s, jerr, what);
             goto out;
         }
         log_info("queue: updated the NATS %s %s to the configured settings", w->what, w->name);
@@ -296,11 +301,7 @@ static enum iot_err ensure_consumer(struct queue *q, struct iot_error *err)
         s = js_UpdateConsumer(&ci2, q->js, q->stream, &upd, NULL, &jerr);
         jsConsumerInfo_Destroy(ci2);
         if (s != NATS_OK) {
-            if (jerr)
-                rc = iot_error_set(err, IOT_ERR_CONFIG, "%s: %s (JetStream error %d)", what,
-                                   last_error_text(), (int)jerr);
-            else
-                rc = setup_error(err, s, jerr, what);
+            rc = update_error(err, s, jerr, what);
             goto out;
         }
         log_info("queue: updated the NATS consumer %s (ack wait %lld ms, max deliver %d, max ack "
