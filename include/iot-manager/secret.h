@@ -41,4 +41,7 @@ enum iot_err secret_copy(struct secret *dst, const struct secret *src);
 /* Wipes and frees the data; leaves `s` SECRET_EMPTY. NULL-safe. */
 void secret_clear(struct secret *s);
 
+/* Overwrites `n` bytes that held a secret, in a way the compiler cannot drop. */
+void secret_wipe(void *p, size_t n);
+
 #endif

@@ -31,13 +31,6 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void wipe(void *p, size_t n)
-{
-    volatile unsigned char *v = p;
-    while (n--)
-        *v++ = 0;
-}
-
 enum iot_err sync_batch_size_parse(const char *text, size_t *out, struct iot_error *err)
 {
     const char *p = text ? text : "";
@@ -401,13 +394,13 @@ static void deliver(struct sync *s, const struct target *t, const char *device,
         return;
     }
     if (!lifecycle_device_connstr(t->in, hub_device_id, primary_key, text, sizeof text)) {
-        wipe(text, sizeof text);
+        secret_wipe(text, sizeof text);
         provision_failed(s, t, device, status, "device has no connection string",
                          "the connection string is too long", 0);
         return;
     }
     if (!lease_keep(s, l)) {
-        wipe(text, sizeof text);
+        secret_wipe(text, sizeof text);
         provision_failed(s, t, device, status, "lost the device's lease",
                          "a worker may have taken it", 0);
         return;
@@ -418,7 +411,7 @@ static void deliver(struct sync *s, const struct target *t, const char *device,
             : iot_error_set(&err, IOT_ERR_CONFIG, "no Mender Configure client is configured");
     char hash[LIFECYCLE_SHA256_HEX];
     lifecycle_connstr_hash(text, hash);
-    wipe(text, sizeof text);
+    secret_wipe(text, sizeof text);
     if (rc != IOT_OK) {
         provision_failed(s, t, device, status,
                          "failed to submit the connection string to Mender Configure", err.msg, 0);
@@ -628,8 +621,8 @@ static void slots_release(struct sync *s, struct slot *sl, size_t n)
     for (size_t i = 0; i < n; i++) {
         lease_release(s, &sl[i].lease);
         hub_device_clear(&sl[i].dev);
-        wipe(sl[i].primary, sizeof sl[i].primary);
-        wipe(sl[i].secondary, sizeof sl[i].secondary);
+        secret_wipe(sl[i].primary, sizeof sl[i].primary);
+        secret_wipe(sl[i].secondary, sizeof sl[i].secondary);
     }
 }
 
@@ -638,7 +631,7 @@ static bool generate_key(char *out, size_t cap)
     uint8_t raw[GENERATED_KEY_BYTES];
     bool ok = crypto_random(raw, sizeof raw) == IOT_OK &&
               b64_encode(raw, sizeof raw, out, cap, false) > 0;
-    wipe(raw, sizeof raw);
+    secret_wipe(raw, sizeof raw);
     return ok;
 }
 

@@ -33,14 +33,6 @@ static int64_t now_ms(int clock)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Overwrites a buffer that held a secret in a way the compiler cannot drop. */
-static void wipe(void *p, size_t n)
-{
-    volatile unsigned char *v = p;
-    while (n--)
-        *v++ = 0;
-}
-
 int64_t lifecycle_retry_delay_ms(uint64_t deliveries, int64_t retry_after_ms)
 {
     int64_t delay = RETRY_BASE_MS;
@@ -493,13 +485,13 @@ static bool provision(struct job *j, const struct integration *in, const struct 
     if (ok && !fits)
         ok = fail_permanent(f, "the device's connection string is longer than %d bytes", CS_MAX);
     if (!ok) {
-        wipe(text, sizeof text);
+        secret_wipe(text, sizeof text);
         return false;
     }
     char hash[LIFECYCLE_SHA256_HEX];
     lifecycle_connstr_hash(text, hash);
     if (hash[0] && strcmp(hash, j->rec.cs_sha256) == 0) {
-        wipe(text, sizeof text);
+        secret_wipe(text, sizeof text);
         return true; /* this very string was delivered already: no second deployment */
     }
     /* The twin is tagged before the delivery: a failure after it repeats only idempotent calls. */
@@ -522,7 +514,7 @@ static bool provision(struct job *j, const struct integration *in, const struct 
             ok = fail_retry(f, "failed to submit the connection string to Mender Configure: %s",
                             err.msg);
     }
-    wipe(text, sizeof text);
+    secret_wipe(text, sizeof text);
     if (!ok)
         return false;
     snprintf(cs_hash, LIFECYCLE_SHA256_HEX, "%s", hash);

@@ -16,6 +16,12 @@ void secret_clear(struct secret *s)
     memset(s, 0, sizeof *s);
 }
 
+void secret_wipe(void *p, size_t n)
+{
+    if (p && n)
+        OPENSSL_cleanse(p, n);
+}
+
 static enum iot_err secret_take_copy(struct secret *s, const uint8_t *data, size_t len)
 {
     /* malloc(0) may return NULL: keep one byte so an empty secret is still "present" */
